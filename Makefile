@@ -1,0 +1,39 @@
+# Set-up is part of every target: the virtual environment is (re)built only when it is
+# missing or pyproject.toml (the pinned dependency list) changed.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.deps-stamp
+CORES ?= 2
+PYTEST_ARGS ?=
+
+.PHONY: setup test lint format demo bench clean-demo
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --profile profiles/default
+	@PATH=$(abspath $(BIN)):$$PATH $(BIN)/repq demo-summary
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/train_step.py
+
+clean-demo:
+	rm -rf results/mini results/runs results/tables results/report.html results/mlflow.db

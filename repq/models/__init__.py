@@ -1,0 +1,39 @@
+"""The model zoo: ``create(name, **kwargs)`` and ``available()``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from repq.models.ecbsr import ECBSR
+from repq.models.repvgg import RepVGG, repvgg_a0, repvgg_b0
+from repq.models.resnet import ResNet18, ac_resnet18, orepa_resnet18, resnet18
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "repvgg_a0": repvgg_a0,
+    "repvgg_b0": repvgg_b0,
+    "ac_resnet18": ac_resnet18,
+    "orepa_resnet18": orepa_resnet18,
+    "resnet18": resnet18,
+    "ecbsr": ECBSR,
+}
+
+SR_MODELS = frozenset({"ecbsr"})
+
+
+def available() -> list[str]:
+    """Names accepted by :func:`create`."""
+    return sorted(_REGISTRY)
+
+
+def create(name: str, **kwargs) -> nn.Module:
+    """Build a model by name, e.g. ``create("ecbsr", m=4, c=16, scale=4)``."""
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}") from None
+    return factory(**kwargs)
+
+
+__all__ = ["ECBSR", "SR_MODELS", "RepVGG", "ResNet18", "available", "create"]

@@ -1,0 +1,51 @@
+"""RepQ: fake-quantize the merged kernel ``M(W_1..W_n)`` of a re-parametrized block.
+
+``y = conv(Q_a(x), Q_w(M(W_1..W_n))) + b(W_1..W_n)``. In training, each BN branch is
+folded with statistics of the current batch: measured by running the branch's float
+conv once (RepQ-BN, Algorithm 1; block ``norm_mode == "batch"``) or estimated from
+the input's moments and the kernel (RepQ-BNest, S3/S8; ``norm_mode == "estimate"``).
+In eval mode the running statistics give exactly the deploy kernel.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from repq.quant.layers import QuantLayer
+from repq.quant.policy import LayerPrecision
+from repq.reparam.base import ReparamBlock
+from repq.reparam.stats import BatchStats, EstimatedStats, NormStats, running_stats
+
+
+class RepQConv(QuantLayer):
+    """A re-parametrized block trained through its quantized deploy kernel."""
+
+    def __init__(self, block: ReparamBlock, precision: LayerPrecision) -> None:
+        super().__init__(precision, block.out_channels)
+        self.block = block
+        self._has_norm = block.has_norm
+
+    def _stats(self, x: Tensor) -> NormStats:
+        if not (self.training and self._has_norm):
+            return running_stats
+        return EstimatedStats(x) if self.block.norm_mode == "estimate" else BatchStats(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.input_quant(x)
+        kernel, bias = self.block.kernel_bias(self._stats(x))
+        return self.block.apply_kernel(x, self.weight_quant(kernel), bias)
+
+    def float_weight(self) -> tuple[Tensor, Tensor]:
+        return self.block.kernel_bias()
+
+    def deploy_shell(self) -> nn.Conv2d:
+        block = self.block
+        return nn.Conv2d(
+            block.in_channels,
+            block.out_channels,
+            block.kernel_size,
+            block.stride,
+            block.padding,
+            groups=block.groups,
+            bias=True,
+        )

@@ -1,0 +1,18 @@
+"""LSQ fake quantization, quantized layers and the per-layer precision policy."""
+
+from repq.quant.layers import QuantConv2d, QuantLayer, QuantLinear, wrap_quantized
+from repq.quant.lsq import LSQQuantizer, lsq_fake_quantize, quant_range, round_ste
+from repq.quant.policy import LayerPrecision, PrecisionPolicy
+
+__all__ = [
+    "LSQQuantizer",
+    "LayerPrecision",
+    "PrecisionPolicy",
+    "QuantConv2d",
+    "QuantLayer",
+    "QuantLinear",
+    "lsq_fake_quantize",
+    "quant_range",
+    "round_ste",
+    "wrap_quantized",
+]

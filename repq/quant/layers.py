@@ -1,0 +1,111 @@
+"""Quantized conv and linear layers: LSQ on the input (per tensor) and on the weight
+(per output channel)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from repq.quant.lsq import LSQQuantizer
+from repq.quant.policy import LayerPrecision
+
+
+class QuantLayer(nn.Module, ABC):
+    """Common part of every quantized layer: its precision and its two quantizers."""
+
+    def __init__(self, precision: LayerPrecision, out_channels: int) -> None:
+        super().__init__()
+        self.precision = precision
+        self.input_quant = LSQQuantizer(precision.input_bits, precision.input_signed)
+        self.weight_quant = LSQQuantizer(precision.weight_bits, True, out_channels)
+
+    @abstractmethod
+    def float_weight(self) -> tuple[Tensor, Tensor | None]:
+        """The float deploy weight and bias (eval-mode statistics)."""
+
+    @abstractmethod
+    def deploy_shell(self) -> nn.Conv2d | nn.Linear:
+        """A plain layer with the deploy geometry (its values are overwritten)."""
+
+    @torch.no_grad()
+    def to_deploy(self) -> QuantLayer:
+        """The deployable layer: a plain conv or linear holding the fake-quantized weight,
+        with this layer's steps. Its weight quantizer is disabled since the weight is
+        already on the grid (``weight_quant.integers(weight)`` gives the codes)."""
+        weight, bias = self.float_weight()
+        shell = self.deploy_shell().to(device=weight.device, dtype=weight.dtype)
+        shell.weight.copy_(self.weight_quant(weight))
+        if bias is not None:
+            shell.bias.copy_(bias)
+        layer = wrap_quantized(shell, self.precision)
+        layer.input_quant.load_state_dict(self.input_quant.state_dict())
+        layer.weight_quant.load_state_dict(self.weight_quant.state_dict())
+        layer.input_quant.enabled = self.input_quant.enabled
+        layer.weight_quant.enabled = False
+        return layer.eval()
+
+
+class QuantConv2d(QuantLayer):
+    """``conv(Q_a(x), Q_w(W)) + b`` with the geometry of the conv it wraps."""
+
+    def __init__(self, conv: nn.Conv2d, precision: LayerPrecision) -> None:
+        super().__init__(precision, conv.out_channels)
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"{conv}: only zero padding is supported")
+        self.weight, self.bias = conv.weight, conv.bias
+        self.stride, self.padding = conv.stride, conv.padding
+        self.dilation, self.groups = conv.dilation, conv.groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.weight_quant(self.weight)
+        x = self.input_quant(x)
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def float_weight(self) -> tuple[Tensor, Tensor | None]:
+        return self.weight, self.bias
+
+    def deploy_shell(self) -> nn.Conv2d:
+        out_channels, in_per_group, kh, kw = self.weight.shape
+        return nn.Conv2d(
+            in_per_group * self.groups,
+            out_channels,
+            (kh, kw),
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            bias=self.bias is not None,
+        )
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, stride={self.stride}, padding={self.padding}"
+
+
+class QuantLinear(QuantLayer):
+    """``Q_a(x) Q_w(W)^T + b``."""
+
+    def __init__(self, linear: nn.Linear, precision: LayerPrecision) -> None:
+        super().__init__(precision, linear.out_features)
+        self.weight, self.bias = linear.weight, linear.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self.input_quant(x), self.weight_quant(self.weight), self.bias)
+
+    def float_weight(self) -> tuple[Tensor, Tensor | None]:
+        return self.weight, self.bias
+
+    def deploy_shell(self) -> nn.Linear:
+        out_features, in_features = self.weight.shape
+        return nn.Linear(in_features, out_features, bias=self.bias is not None)
+
+
+def wrap_quantized(layer: nn.Conv2d | nn.Linear, precision: LayerPrecision) -> QuantLayer:
+    """The quantized counterpart of a plain conv or linear layer (sharing its tensors)."""
+    if isinstance(layer, nn.Conv2d):
+        return QuantConv2d(layer, precision)
+    if isinstance(layer, nn.Linear):
+        return QuantLinear(layer, precision)
+    raise TypeError(f"cannot quantize {type(layer).__name__}")

@@ -1,0 +1,86 @@
+"""Sources of the BatchNorm statistics folded into a block's kernel.
+
+Each source is a callable ``(branch, block) -> (mean, var)`` giving the mean and the
+biased variance of a BN branch's pre-norm output ``x * K + b`` per output channel:
+
+* :func:`running_stats`: the BN's running statistics (eval mode, deploy);
+* :class:`BatchStats`: the statistics of the current batch, measured by running the
+  branch's float conv once (RepQ-BN, the paper's Algorithm 1);
+* :class:`EstimatedStats`: estimated from the input's per-channel moments and the
+  kernel, with no extra conv (RepQ-BNest, supplementary eqs. S3 and S8).
+
+The last two update the BN's running statistics as ``nn.BatchNorm2d`` does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from repq.reparam.base import Branch, ReparamBlock
+
+
+class NormStats(Protocol):
+    def __call__(self, branch: Branch, block: ReparamBlock) -> tuple[Tensor, Tensor]: ...
+
+
+def running_stats(branch: Branch, block: ReparamBlock) -> tuple[Tensor, Tensor]:
+    """The BN's running mean and variance: the deploy statistics."""
+    return branch.norm.running_mean, branch.norm.running_var
+
+
+@torch.no_grad()
+def update_running_stats(norm: nn.BatchNorm2d, mean: Tensor, var: Tensor, count: int) -> None:
+    """Update running statistics from a batch's mean and biased variance, as BN does."""
+    if not (norm.training and norm.track_running_stats):
+        return
+    norm.num_batches_tracked.add_(1)
+    momentum = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+    unbiased = var.detach() * (count / max(count - 1, 1))
+    norm.running_mean.lerp_(mean.detach().to(norm.running_mean.dtype), momentum)
+    norm.running_var.lerp_(unbiased.to(norm.running_var.dtype), momentum)
+
+
+class BatchStats:
+    """RepQ-BN: statistics of each BN branch's float output on the current batch.
+
+    Gradients flow through the mean and variance exactly as through ``nn.BatchNorm2d``.
+    """
+
+    def __init__(self, x: Tensor) -> None:
+        self.x = x
+
+    def __call__(self, branch: Branch, block: ReparamBlock) -> tuple[Tensor, Tensor]:
+        y = block.branch_conv(self.x, branch)
+        var, mean = torch.var_mean(y, dim=(0, 2, 3), correction=0)
+        update_running_stats(branch.norm, mean, var, y.numel() // y.shape[1])
+        return mean, var
+
+
+class EstimatedStats:
+    """RepQ-BNest: ``E[X*W] ~ E[X] . sum_ij W_ij`` (S3), ``V[X*W] ~ V[X] . sum_ij W_ij^2`` (S8).
+
+    Border pixels are neglected and the input channels are taken as uncorrelated; the
+    input moments are measured once per batch and shared by every branch of a block.
+    """
+
+    def __init__(self, x: Tensor) -> None:
+        self.var_x, self.mean_x = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+        self.count = x.numel() // x.shape[1]
+
+    def __call__(self, branch: Branch, block: ReparamBlock) -> tuple[Tensor, Tensor]:
+        kernel = branch.kernel
+        out_channels, in_per_group = kernel.shape[:2]
+        groups = block.groups
+        shape = (groups, out_channels // groups, in_per_group)
+        mean_x = self.mean_x.to(kernel.dtype).reshape(groups, 1, in_per_group)
+        var_x = self.var_x.to(kernel.dtype).reshape(groups, 1, in_per_group)
+        mean = (kernel.sum((2, 3)).reshape(shape) * mean_x).sum(-1).reshape(out_channels)
+        var = (kernel.square().sum((2, 3)).reshape(shape) * var_x).sum(-1).reshape(out_channels)
+        if branch.bias is not None:
+            mean = mean + branch.bias
+        update_running_stats(branch.norm, mean, var, self.count)
+        return mean, var

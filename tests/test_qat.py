@@ -1,0 +1,192 @@
+"""The invariants of METHOD.md §2 for the Merged, RepQ and RepQ-BNest methods."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from blocks import DEAD, FACTORIES, IDS
+from conftest import randomize, rel_err
+from torch import nn
+
+from repq.models import available, create
+from repq.qat import RepQConv, bnest_fp, norm_blocks, prepare, set_quantizers, to_deploy
+from repq.quant.policy import LayerPrecision
+from repq.reparam import ConvBN, EstimatedStats
+
+PRECISION = LayerPrecision("block", 8, 8, True)
+
+
+def _bn_state(module: nn.Module) -> list[torch.Tensor]:
+    return [
+        t.clone()
+        for m in module.modules()
+        if isinstance(m, nn.BatchNorm2d)
+        for t in (m.running_mean, m.running_var)
+    ]
+
+
+def _train_step(module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    module.train()
+    y = module(x)
+    (y * r).sum().backward()
+    return y.detach()
+
+
+def _compare_with_float(block: nn.Module, mode: str) -> None:
+    block.norm_mode = mode
+    reference = copy.deepcopy(block)
+    repq = set_quantizers(RepQConv(block, PRECISION), enabled=False)
+    x = torch.randn(4, block.in_channels, 10, 9)
+    with torch.no_grad():
+        r = torch.randn_like(reference.eval()(x))
+    expected = _train_step(reference, x, r)
+    got = _train_step(repq, x, r)
+    assert rel_err(got, expected) <= 1e-5
+    grads = dict(reference.named_parameters())
+    scale = max(p.grad.abs().max() for p in reference.parameters())
+    for name, p in repq.block.named_parameters():
+        assert p.grad is not None, name
+        if name.endswith(DEAD):  # zero up to rounding in both forms
+            assert p.grad.abs().max() <= 1e-5 * scale, name
+            continue
+        assert rel_err(p.grad, grads[name].grad) <= 1e-5, name
+    for a, b in zip(_bn_state(repq.block), _bn_state(reference), strict=True):
+        assert rel_err(a, b) <= 1e-5
+
+
+@pytest.mark.parametrize("factory", FACTORIES, ids=IDS)
+def test_repq_without_quantizers_equals_the_float_block_in_training(factory):
+    _compare_with_float(randomize(factory()), "batch")
+
+
+@pytest.mark.parametrize("factory", FACTORIES, ids=IDS)
+def test_bnest_without_quantizers_equals_the_float_bn_estimation_block(factory):
+    _compare_with_float(randomize(factory()), "estimate")
+
+
+def test_bn_estimation_block_uses_the_estimated_statistics():
+    block = randomize(ConvBN(4, 6, 3, 1, 0))
+    block.norm_mode = "estimate"
+    x = torch.randn(8, 4, 32, 32) + 1.0
+    kernel, bias = block.kernel_bias(EstimatedStats(x))
+    measured = block.train().forward_branches(x)
+    assert not torch.allclose(kernel, block.kernel_bias()[0])
+    assert rel_err(block.train()(x), block.apply_kernel(x, kernel, bias)) < 1e-6
+    assert rel_err(block(x), measured) < 0.05
+
+
+def _inputs(name: str) -> torch.Tensor:
+    if name == "ecbsr":
+        return torch.rand(2, 1, 16, 16) * 219 + 16
+    return torch.randn(2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("name", available())
+@pytest.mark.parametrize("method", ["merged", "repq", "bnest"])
+@pytest.mark.parametrize("bits", [8, 4])
+def test_eval_mode_equals_the_deployed_model(name, method, bits):
+    model = create(name)
+    qat = prepare(model, method, bits)
+    x = _inputs(name)
+    with torch.no_grad():
+        qat.train()(x)
+        expected = qat.eval()(x)
+        got = to_deploy(qat)(x)
+    assert rel_err(got, expected) <= 1e-6
+
+
+def _bnest_case(size: int, padding: int = 0) -> tuple[float, float]:
+    """Relative errors of the estimated mean and variance of a conv output on inputs
+    with independent channels and ``size x size`` maps."""
+    gen = torch.Generator().manual_seed(size)
+    block = ConvBN(8, 8, 3, 1, padding)
+    with torch.no_grad():
+        block.conv.weight.copy_(torch.rand(8, 8, 3, 3, generator=gen) - 0.3)
+    means = torch.linspace(0.5, 2.0, 8).reshape(1, 8, 1, 1)
+    x = torch.randn(16, 8, size, size, generator=gen) * torch.linspace(0.5, 1.5, 8).reshape(
+        1, 8, 1, 1
+    )
+    x = x + means
+    branch = block.branches()[0]
+    with torch.no_grad():
+        y = block.branch_conv(x, branch)
+        var, mean = torch.var_mean(y, dim=(0, 2, 3), correction=0)
+        est_mean, est_var = EstimatedStats(x)(branch, block.eval())
+    return rel_err(est_mean, mean), rel_err(est_var, var)
+
+
+def test_bn_estimate_is_within_2_percent_on_64x64_maps():
+    mean_err, var_err = _bnest_case(64)
+    assert mean_err < 0.02 and var_err < 0.02
+
+
+def test_bn_estimate_degrades_as_maps_shrink():
+    """Documents the edge effect of S2: the estimate worsens on small maps (with zero
+    padding the border pixels are what breaks the estimate)."""
+    errors = {size: _bnest_case(size, padding=1) for size in (64, 16, 7, 4)}
+    mean_errors = [errors[s][0] for s in (64, 16, 7, 4)]
+    assert mean_errors == sorted(mean_errors)
+    assert mean_errors[0] < 0.05 < mean_errors[-1]
+
+
+def test_bnest_keeps_ordinary_bn_in_the_last_two_resnet_layers():
+    model = bnest_fp(create("ac_resnet18", num_classes=10, width_mult=0.25))
+    modes = [b.norm_mode for b in norm_blocks(model)]
+    assert modes[-2:] == ["batch", "batch"] and set(modes[:-2]) == {"estimate"}
+    repvgg = bnest_fp(create("repvgg_a0", num_classes=10, width_mult=0.25))
+    assert {b.norm_mode for b in norm_blocks(repvgg)} == {"estimate"}
+
+
+def _small(name: str) -> nn.Module:
+    if name == "ecbsr":
+        return create(name, m=1, c=8, scale=2)
+    return create(name, num_classes=5, width_mult=0.25)
+
+
+def _loss(name: str, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    if name == "ecbsr":
+        return (out - target).abs().mean()
+    return nn.functional.cross_entropy(out, target)
+
+
+def _data(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if name == "ecbsr":
+        x = torch.rand(4, 1, 12, 12) * 219 + 16
+        return x, nn.functional.interpolate(x, scale_factor=2, mode="bicubic")
+    return torch.randn(8, 3, 32, 32), torch.arange(8) % 5
+
+
+# OREPA's frequency-prior branch starts with a zero scale (official init), which gates
+# its 1x1 weight's gradient: that weight can only move from the second step on.
+GATED = ("generator.prior", "generators.0.prior", "generators.1.prior", "generators.2.prior")
+
+
+@pytest.mark.parametrize("name", ["repvgg_a0", "ac_resnet18", "orepa_resnet18", "ecbsr"])
+@pytest.mark.parametrize("method", ["merged", "repq", "bnest"])
+def test_training_steps_move_every_parameter_and_lower_the_loss(name, method):
+    x, target = _data(name)
+    model = _small(name).train()
+    with torch.no_grad():  # settle the BN running statistics, as FP training would
+        for _ in range(20):
+            model(x)
+    qat = prepare(model, method, 4).train()
+    optimizer = torch.optim.Adam(qat.parameters(), lr=1e-3)
+    before = {n: p.detach().clone() for n, p in qat.named_parameters()}
+    losses = []
+    for step in range(6):
+        optimizer.zero_grad()
+        loss = _loss(name, qat, x, target)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if step == 0:
+            for n, p in qat.named_parameters():
+                moved = not torch.equal(p, before[n])
+                assert moved or n.endswith(GATED + DEAD), n
+        if step == 1:
+            for n, p in qat.named_parameters():
+                assert not torch.equal(p, before[n]) or n.endswith(DEAD), n
+    assert losses[-1] < losses[0]
