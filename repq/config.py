@@ -1,0 +1,92 @@
+"""Job configuration: a YAML recipe, ``key.path=value`` overrides and validation."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is wrong; the message names the key."""
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key.path=value")
+    key, value = text.split("=", 1)
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    return key.split("."), yaml.safe_load(value)
+
+
+def apply_overrides(config: dict, overrides: list[str]) -> dict:
+    """A copy of ``config`` with each ``a.b.c=value`` set (value parsed as YAML)."""
+    config = copy.deepcopy(config)
+    for text in overrides:
+        keys, value = _parse_override(text)
+        node = config
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {key!r} is not a section")
+            node = child
+        node[keys[-1]] = value
+    return config
+
+
+def _schema() -> dict:
+    text = resources.files("repq").joinpath("recipe.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def validate(config: dict) -> dict:
+    """Check a resolved job config against ``repq/recipe.schema.yaml``."""
+    errors = sorted(
+        jsonschema.Draft202012Validator(_schema()).iter_errors(config),
+        key=lambda e: list(e.absolute_path),
+    )
+    if errors:
+        lines = dict.fromkeys(
+            f"  {'.'.join(map(str, e.absolute_path)) or '<top level>'}: {e.message}" for e in errors
+        )
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+    return config
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """Read a YAML recipe, apply overrides and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if not isinstance(config, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return validate(apply_overrides(config, overrides or []))
+
+
+def config_hash(config: dict) -> str:
+    """A short stable digest of a config (to tell whether a checkpoint belongs to it)."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": 1}`` from ``{"a": {"b": 1}}``."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,62 @@
+"""Atomic checkpoint files that load with ``torch.load(weights_only=True)``."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "repq-checkpoint-1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt or of the wrong kind; the message names it."""
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call ``write(tmp_path)`` and move the result onto ``path`` in one rename, so that
+    ``path`` always holds either the old or the new complete file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_checkpoint(path: str | Path, kind: str, **content: Any) -> None:
+    """Save ``content`` (tensors, numbers, strings, lists, dicts) atomically."""
+    atomic_write(path, lambda tmp: torch.save({"format": FORMAT, "kind": kind, **content}, tmp))
+
+
+def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``) and check its format and kind."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable: {err}") from err
+    if not isinstance(content, dict) or content.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a repq checkpoint (format {FORMAT})")
+    if kind is not None and content.get("kind") != kind:
+        raise CheckpointError(f"{path} holds a {content.get('kind')!r} checkpoint, not {kind!r}")
+    return content
+
+
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict`` with an error that names the checkpoint on any mismatch."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {source} does not fit this model: {err}") from err

@@ -1,0 +1,41 @@
+"""Evaluation metrics: top-1 accuracy, and PSNR / SSIM on Y with a border crop."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from skimage.metrics import structural_similarity
+
+
+def top1_correct(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Number of samples whose arg-max class is the target (a 0-d tensor, no sync)."""
+    return (logits.argmax(dim=1) == target).sum()
+
+
+def _crop(image: torch.Tensor, border: int) -> np.ndarray:
+    array = image.detach().float().cpu().squeeze().numpy().astype(np.float64)
+    return array[border:-border, border:-border] if border > 0 else array
+
+
+def quantize_pixels(image: torch.Tensor) -> torch.Tensor:
+    """Clamp to [0, 255] and round, as an 8-bit image would store it."""
+    return image.clamp(0, 255).round()
+
+
+def psnr_y(sr: torch.Tensor, hr: torch.Tensor, border: int) -> float:
+    """PSNR (dB) of 0-255 Y images with ``border`` pixels cropped on each side."""
+    a, b = _crop(quantize_pixels(sr), border), _crop(hr, border)
+    mse = float(np.mean((a - b) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+def ssim_y(sr: torch.Tensor, hr: torch.Tensor, border: int) -> float:
+    """SSIM of 0-255 Y images (Gaussian window, sigma 1.5, as the usual SR code)."""
+    a, b = _crop(quantize_pixels(sr), border), _crop(hr, border)
+    return float(
+        structural_similarity(
+            a, b, data_range=255.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+        )
+    )

@@ -1,0 +1,75 @@
+"""Optimiser, parameter groups and LR schedule from a Table S1 recipe.
+
+Weight decay applies to conv and linear weights only: parameters with fewer than two
+dimensions (biases, BN affine parameters, OREPA's branch scales, ECB's mask scales and
+biases) are exempt, as in timm and torchvision's reference scripts, and LSQ steps are
+exempt and get their own LR (``train.step_lr``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from repq.quant.lsq import LSQQuantizer
+
+
+def run_lr(train: dict, stage: str, method: str | None, bits: int | None) -> float:
+    """The LR of a job: FP, quantized, or Merged 8-bit (Table S1)."""
+    if stage != "qat":
+        return train["lr"]["fp"]
+    if method == "merged" and bits == 8:
+        return train["lr"]["merged_8bit"]
+    return train["lr"]["quantized"]
+
+
+def parameter_groups(model: nn.Module, train: dict, lr: float, bits: int | None) -> list[dict]:
+    """Decayed weights, exempt parameters, and the quantizer steps with their own LR."""
+    decay, exempt, steps = [], [], []
+    step_ids = {id(m.step) for m in model.modules() if isinstance(m, LSQQuantizer)}
+    for param in model.parameters():
+        if not param.requires_grad:
+            continue
+        if id(param) in step_ids:
+            steps.append(param)
+        elif param.dim() < 2:
+            exempt.append(param)
+        else:
+            decay.append(param)
+    groups = [
+        {"params": decay, "lr": lr, "weight_decay": train["weight_decay"], "name": "decay"},
+        {"params": exempt, "lr": lr, "weight_decay": 0.0, "name": "no_decay"},
+    ]
+    if steps:
+        step_lr = train["step_lr"][str(bits)]
+        groups.append({"params": steps, "lr": step_lr, "weight_decay": 0.0, "name": "steps"})
+    return [g for g in groups if g["params"]]
+
+
+def make_optimizer(groups: list[dict], train: dict) -> torch.optim.Optimizer:
+    if train["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, momentum=train.get("momentum", 0.9))
+    return torch.optim.Adam(groups)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine to zero or constant."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, train: dict, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-iteration schedule (stepped after every optimiser step)."""
+    total = train["epochs"] * steps_per_epoch
+    warmup = round(train.get("warmup_epochs", 0) * steps_per_epoch)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total, warmup, train["schedule"])
+    )

@@ -1,0 +1,149 @@
+"""The two tasks of the paper: ImageNet classification and ECBSR super-resolution.
+
+A task owns its data, its loss, its evaluation and its model-selection rule (S1:
+classification keeps the best validation top-1, super-resolution the last epoch).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from repq.data.classification import check_image_folder, image_folder
+from repq.data.errors import DataError
+from repq.data.sampling import Seeded
+from repq.data.superres import SRTestSet, SRTrainSet
+from repq.engine.metrics import psnr_y, ssim_y, top1_correct
+
+
+class Task(ABC):
+    """Data, loss and evaluation of one kind of experiment."""
+
+    select: str
+    primary: str
+
+    def __init__(self, config: dict) -> None:
+        self.config = config
+        self.data = config["data"]
+
+    @abstractmethod
+    def train_set(self) -> Dataset:
+        """The training set, keyed by ``(index, seed)``."""
+
+    @property
+    def samples_per_epoch(self) -> int | None:
+        return None
+
+    @abstractmethod
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        """Metrics of a model (already in its deploy form and eval mode)."""
+
+    def is_better(self, metrics: dict[str, float], best: float | None) -> bool:
+        return best is None or self.select == "last" or metrics[self.primary] > best
+
+
+class ClassificationTask(Task):
+    select, primary = "best", "top1"
+
+    def __init__(self, config: dict) -> None:
+        super().__init__(config)
+        root = Path(self.data.get("root", ""))
+        verify = self.data.get("verify_images", True)
+        classes = check_image_folder(root / "train", verify)
+        val_classes = check_image_folder(root / "val", verify)
+        if val_classes != classes:
+            raise DataError(f"{root}/val has classes {val_classes}, train has {classes}")
+        expected = config["model"].get("kwargs", {}).get("num_classes", 1000)
+        if expected != len(classes):
+            raise DataError(
+                f"model.kwargs.num_classes is {expected} but {root}/train has {len(classes)} classes"
+            )
+
+    def _folder(self, split: str, train: bool):
+        size = self.data.get("image_size", 224)
+        return image_folder(
+            Path(self.data["root"]) / split,
+            train,
+            size,
+            self.data.get("resize", round(size * 256 / 224)),
+            verify_images=False,
+        )
+
+    def train_set(self) -> Dataset:
+        return Seeded(self._folder("train", True))
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        smoothing = self.config["train"].get("label_smoothing", 0.0)
+        return F.cross_entropy(output, target, label_smoothing=smoothing)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        loader = DataLoader(
+            self._folder("val", False),
+            batch_size=self.config["train"]["batch_size"],
+            num_workers=self.data.get("workers", 0),
+        )
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        total = 0
+        for images, target in loader:
+            logits = model(images.to(device, non_blocking=True))
+            correct += top1_correct(logits, target.to(device))
+            total += target.numel()
+        return {"top1": 100.0 * correct.item() / total}
+
+
+class SuperResTask(Task):
+    select = "last"
+
+    def __init__(self, config: dict) -> None:
+        super().__init__(config)
+        if not self.data.get("test"):
+            raise DataError("data.test names no super-resolution test set")
+        self.scale = self.data.get("scale", 2)
+        model_scale = config["model"].get("kwargs", {}).get("scale", 2)
+        if model_scale != self.scale:
+            raise DataError(f"data.scale is {self.scale} but model.kwargs.scale is {model_scale}")
+        verify = self.data.get("verify_images", True)
+        self._train = SRTrainSet(self.data.get("train", ""), self.scale, self.data["patch"], verify)
+        self._tests = {
+            name: SRTestSet(path, self.scale, verify) for name, path in self.data["test"].items()
+        }
+        self.primary = f"psnr/{next(iter(self._tests))}"
+
+    def train_set(self) -> Dataset:
+        return self._train
+
+    @property
+    def samples_per_epoch(self) -> int:
+        return len(self._train) * self.data.get("repeat", 1)
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.l1_loss(output, target)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for name, dataset in self._tests.items():
+            psnr = ssim = 0.0
+            for lr, hr in DataLoader(dataset, batch_size=1):
+                sr = model(lr.to(device)).float().cpu()
+                psnr += psnr_y(sr, hr, self.scale)
+                ssim += ssim_y(sr, hr, self.scale)
+            metrics[f"psnr/{name}"] = psnr / len(dataset)
+            metrics[f"ssim/{name}"] = ssim / len(dataset)
+        return metrics
+
+
+def make_task(config: dict) -> Task:
+    """The task a config describes (its data checked at once)."""
+    return (
+        ClassificationTask(config) if config["task"] == "classification" else SuperResTask(config)
+    )

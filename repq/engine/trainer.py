@@ -1,0 +1,369 @@
+"""One training job: FP, FP-BNest or QAT, resumable, on one or several processes.
+
+Outputs in ``out`` (written atomically, by rank 0): ``model.pt`` (the selected
+checkpoint: best validation top-1 for classification, last epoch for super-resolution,
+S1), ``deploy.pt`` (its deploy form), ``metrics.json``, ``history.csv`` and
+``precision.tsv``. The resumable checkpoint lives in ``resume_dir`` (not a declared
+output); a job started again with the same config continues from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from repq.config import config_hash, flatten
+from repq.data.sampling import EpochSampler
+from repq.engine import distributed
+from repq.engine.build import build_model, deploy_form
+from repq.engine.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from repq.engine.optim import make_optimizer, make_scheduler, parameter_groups, run_lr
+from repq.engine.tasks import Task, make_task
+from repq.qat import precision_table
+from repq.quant.layers import QuantLayer
+from repq.tracking import Tracker, git_commit
+
+log = logging.getLogger("repq")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class Job:
+    """What one ``repq train`` invocation does."""
+
+    config: dict
+    stage: str
+    out: Path
+    method: str | None = None
+    bits: int | None = None
+    init: Path | None = None
+    resume_dir: Path | None = None
+    threads: int = 1
+
+    @property
+    def name(self) -> str:
+        model = self.config["model"]["name"]
+        if self.stage == "qat":
+            return f"{model}/qat-{self.method}-{self.bits}bit"
+        return f"{model}/{self.stage}"
+
+    @property
+    def resume_path(self) -> Path:
+        return (self.resume_dir or self.out / "resume") / "last.pt"
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "architecture": self.config["model"]["name"],
+            "stage": self.stage,
+            "method": self.method or "fp",
+            "bits": str(self.bits or 32),
+            "seed": str(self.config["train"].get("seed", 0)),
+            "git_commit": git_commit(),
+            "job": "train",
+        }
+
+
+def step_summary(model: nn.Module) -> dict[str, float]:
+    """Mean LSQ step per layer group (the model's top-level children)."""
+    sums: dict[str, list[float]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, QuantLayer):
+            group = name.split(".")[0]
+            for kind in ("weight", "input"):
+                step = getattr(module, f"{kind}_quant").step.detach().float().mean().item()
+                sums.setdefault(f"qstep/{group}/{kind}", []).append(step)
+    return {k: sum(v) / len(v) for k, v in sums.items()}
+
+
+def precision_tsv(model: nn.Module) -> str:
+    """The precision listing as tab-separated text (empty for a float model)."""
+    rows = ["layer\tweight_bits\tinput_bits\tinput_signed"]
+    for p in precision_table(model):
+        rows.append(f"{p.name}\t{p.weight_bits}\t{p.input_bits}\t{str(p.input_signed).lower()}")
+    return "\n".join(rows) + "\n"
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _history_csv(history: list[dict]) -> str:
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(history)
+    return buffer.getvalue()
+
+
+class Trainer:
+    """Runs a :class:`Job` from start (or its last checkpoint) to its outputs."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.train_cfg = job.config["train"]
+        self.ctx = distributed.setup()
+        torch.set_num_threads(max(1, job.threads))
+        torch.manual_seed(self.train_cfg.get("seed", 0))
+        self.task: Task = make_task(job.config)
+        self.tracker = Tracker(job.config.get("tracking", {}), enabled=self.ctx.is_main)
+        self.cuda = self.ctx.device.type == "cuda"
+        self.amp = self.cuda and self.train_cfg.get("amp", True)
+        self.channels_last = self.cuda and self.train_cfg.get("channels_last", True)
+        self.model = build_model(job.config, job.stage, job.method, job.bits, job.init)
+        self.model.to(self.ctx.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.loader, self.sampler = self._loader()
+        lr = run_lr(self.train_cfg, job.stage, job.method, job.bits)
+        self.optimizer = make_optimizer(
+            parameter_groups(self.model, self.train_cfg, lr, job.bits), self.train_cfg
+        )
+        self.scheduler = make_scheduler(self.optimizer, self.train_cfg, len(self.loader))
+        self.epoch, self.history = 0, []
+        self.best: float | None = None
+        self.best_epoch, self.best_metrics, self.best_state = -1, {}, None
+        self.run_id: str | None = None
+        self.digest = config_hash({**job.config, "_job": [job.stage, job.method, job.bits]})
+
+    def _loader(self) -> tuple[DataLoader, EpochSampler]:
+        dataset = self.task.train_set()
+        world, batch = self.ctx.world, self.train_cfg["batch_size"]
+        if batch % world:
+            raise ValueError(f"train.batch_size {batch} is not divisible by {world} processes")
+        sampler = EpochSampler(
+            len(dataset),
+            self.train_cfg.get("seed", 0),
+            True,
+            self.ctx.rank,
+            world,
+            self.task.samples_per_epoch,
+        )
+        workers = self.job.config["data"].get("workers", 0)
+        loader = DataLoader(
+            dataset,
+            batch_size=batch // world,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=self.cuda,
+            persistent_workers=workers > 0,
+            drop_last=True,
+        )
+        if len(loader) == 0:
+            raise ValueError(
+                f"train.batch_size {batch} exceeds the {len(sampler) * world} training samples"
+            )
+        return loader, sampler
+
+    # -- resume ----------------------------------------------------------------------
+
+    def _try_resume(self) -> bool:
+        path = self.job.resume_path
+        if not path.exists():
+            return False
+        state = load_checkpoint(path, "resume")
+        if state["config_hash"] != self.digest:
+            log.warning("%s belongs to another config; starting from scratch", path)
+            return False
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.history = state["epoch"], state["history"]
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.best_metrics, self.best_state = state["best_metrics"], state["best_state"]
+        self.run_id = state["run_id"]
+        torch.set_rng_state(state["rng"])
+        log.info("resumed %s at epoch %d from %s", self.job.name, self.epoch, path)
+        return True
+
+    def _save_resume(self) -> None:
+        save_checkpoint(
+            self.job.resume_path,
+            "resume",
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            epoch=self.epoch,
+            history=self.history,
+            best=self.best,
+            best_epoch=self.best_epoch,
+            best_metrics=self.best_metrics,
+            best_state=self.best_state,
+            run_id=self.run_id,
+            config_hash=self.digest,
+            rng=torch.get_rng_state(),
+        )
+
+    # -- training --------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _calibrate(self) -> None:
+        """Initialise every LSQ step from one batch (eval mode: no statistics change)
+        before DDP broadcasts rank 0's parameters."""
+        if self.job.stage != "qat":
+            return
+        self.sampler.set_epoch(0)
+        inputs, _ = next(iter(self.loader))
+        self.model.eval()(self._to_device(inputs))
+
+    def _to_device(self, inputs: torch.Tensor) -> torch.Tensor:
+        inputs = inputs.to(self.ctx.device, non_blocking=True)
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return inputs
+
+    def _check_finite(self, loss_sum: torch.Tensor, step: int) -> None:
+        if not torch.isfinite(loss_sum):
+            raise TrainingDiverged(
+                f"{self.job.name}: the training loss became {loss_sum.item()} in epoch "
+                f"{self.epoch} (by step {step}); stopped. The last good checkpoint is "
+                f"{self.job.resume_path if self.job.resume_path.exists() else 'none'}; "
+                "lower the LR or check the data."
+            )
+
+    def _progress(self, iterable):
+        if self.ctx.is_main and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            return tqdm(iterable, desc=f"{self.job.name} epoch {self.epoch}", leave=False)
+        return iterable
+
+    def _train_epoch(self, model: nn.Module) -> dict[str, float]:
+        model.train()
+        self.sampler.set_epoch(self.epoch)
+        device, log_every = self.ctx.device, self.train_cfg.get("log_every", 50)
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        count = torch.zeros((), device=device, dtype=torch.float64)
+        start = time.perf_counter()
+        for step, (inputs, target) in enumerate(self._progress(self.loader)):
+            inputs, target = self._to_device(inputs), target.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp):
+                output = model(inputs)
+            loss = self.task.loss(output.float(), target)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            loss_sum += loss.detach() * target.shape[0]
+            count += target.shape[0]
+            if (step + 1) % log_every == 0:
+                self._check_finite(loss_sum, step)
+        self._check_finite(loss_sum, len(self.loader))
+        totals = distributed.all_reduce_sum(self.ctx, torch.stack([loss_sum, count]))
+        elapsed = time.perf_counter() - start
+        return {
+            "train_loss": (totals[0] / totals[1]).item(),
+            "images_per_sec": totals[1].item() / elapsed,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+
+    def _evaluate(self) -> dict[str, float]:
+        deployed = deploy_form(self.model, self.job.stage)
+        return self.task.evaluate(deployed, self.ctx.device)
+
+    def _record(self, train_stats: dict[str, float], metrics: dict[str, float]) -> None:
+        row = {"epoch": self.epoch, **train_stats, **metrics, **step_summary(self.model)}
+        self.history.append(row)
+        if self.task.is_better(metrics, self.best):
+            self.best = metrics[self.task.primary]
+            self.best_epoch, self.best_metrics = self.epoch, metrics
+            self.best_state = copy.deepcopy(self.model.state_dict())
+        self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, self.epoch)
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if not k.startswith("qstep"))
+        print(f"[{self.job.name}] {shown}", flush=True)
+
+    def _start_tracking(self) -> None:
+        params = {
+            **flatten(self.job.config),
+            "stage": self.job.stage,
+            "method": self.job.method,
+            "bits": self.job.bits,
+            "init": str(self.job.init) if self.job.init else None,
+            "world_size": self.ctx.world,
+        }
+        if self.run_id is None:
+            self.tracker.start(self.job.name, self.job.tags(), params)
+            self.run_id = self.tracker.run_id
+        else:
+            self.tracker.resume(self.run_id)
+
+    def run(self) -> dict:
+        """Train to the last epoch and write the outputs; returns the final metrics."""
+        try:
+            resumed = self._try_resume()
+            if not resumed:
+                self._calibrate()
+            model = self.model
+            if self.ctx.distributed:
+                ids = [self.ctx.local_rank] if self.cuda else None
+                model = DistributedDataParallel(self.model, device_ids=ids)
+            self._start_tracking()
+            while self.epoch < self.train_cfg["epochs"]:
+                stats = self._train_epoch(model)
+                if self.ctx.is_main:
+                    self._record(stats, self._evaluate())
+                self.epoch += 1
+                if self.ctx.is_main:
+                    self._save_resume()
+                distributed.barrier(self.ctx)
+            result = self._finish() if self.ctx.is_main else {}
+            distributed.barrier(self.ctx)
+            return result
+        except BaseException:
+            self.tracker.finish("FAILED")
+            raise
+        finally:
+            distributed.teardown(self.ctx)
+
+    # -- outputs ---------------------------------------------------------------------
+
+    def _finish(self) -> dict:
+        out, job = self.job.out, self.job
+        self.model.load_state_dict(self.best_state)
+        common = {"config": job.config, "stage": job.stage, "method": job.method, "bits": job.bits}
+        save_checkpoint(out / "model.pt", "model", model=self.model.state_dict(), **common)
+        deployed = deploy_form(self.model, job.stage)
+        save_checkpoint(out / "deploy.pt", "deploy", model=deployed.state_dict(), **common)
+        result = {
+            "name": job.name,
+            "stage": job.stage,
+            "method": job.method,
+            "bits": job.bits,
+            "model": job.config["model"]["name"],
+            "selection": self.task.select,
+            "epoch": self.best_epoch,
+            "metrics": self.best_metrics,
+            "images_per_sec": self.history[-1]["images_per_sec"],
+            "run_id": self.run_id,
+        }
+        _write_text(out / "history.csv", _history_csv(self.history))
+        _write_text(out / "precision.tsv", precision_tsv(self.model))
+        _write_text(out / "config.json", json.dumps(job.config, indent=2))
+        _write_text(out / "metrics.json", json.dumps(result, indent=2))
+        self.tracker.log_metrics(
+            {f"final/{k}": v for k, v in self.best_metrics.items()}, self.epoch
+        )
+        for name in ("metrics.json", "config.json", "precision.tsv", "history.csv", "deploy.pt"):
+            self.tracker.log_artifact(out / name)
+        self.tracker.finish()
+        return result
+
+
+def train(job: Job) -> dict:
+    """Run a training job; see :class:`Trainer`."""
+    return Trainer(job).run()

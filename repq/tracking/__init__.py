@@ -1,0 +1,11 @@
+"""MLflow tracking: one run per job, created only on rank 0."""
+
+from repq.tracking.mlflow_tracker import (
+    Tracker,
+    TrackingError,
+    ensure_experiment,
+    git_commit,
+    resolve_uri,
+)
+
+__all__ = ["Tracker", "TrackingError", "ensure_experiment", "git_commit", "resolve_uri"]
