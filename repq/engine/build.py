@@ -33,7 +33,8 @@ def load_init(model: nn.Module, init: str | Path, method: str) -> None:
     expected = fp_stage_for(method)
     if content["stage"] != expected:
         raise CheckpointError(
-            f"QAT with {method!r} starts from a {expected!r} checkpoint; {init} is {content['stage']!r}"
+            f"QAT with {method!r} starts from a {expected!r} checkpoint; "
+            f"{init} is {content['stage']!r}"
         )
     load_state(model, content["model"], str(init))
 

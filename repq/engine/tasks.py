@@ -64,7 +64,8 @@ class ClassificationTask(Task):
         expected = config["model"].get("kwargs", {}).get("num_classes", 1000)
         if expected != len(classes):
             raise DataError(
-                f"model.kwargs.num_classes is {expected} but {root}/train has {len(classes)} classes"
+                f"model.kwargs.num_classes is {expected} "
+                f"but {root}/train has {len(classes)} classes"
             )
 
     def _folder(self, split: str, train: bool):
