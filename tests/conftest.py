@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -32,3 +34,61 @@ def randomize(model: nn.Module, seed: int = 0, scale: float = 0.1) -> nn.Module:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "config" / "recipes"
+
+
+@pytest.fixture(scope="session")
+def mini_data(tmp_path_factory) -> Path:
+    """A small mini benchmark on disk (real PNG files), shared by the session."""
+    from repq.data.mini import write_mini
+
+    root = tmp_path_factory.mktemp("data") / "mini"
+    write_mini(root, seed=0, train_per_class=24, val_per_class=4, image_size=32)
+    return root
+
+
+def tracking_overrides(root: Path) -> list[str]:
+    """Point a job at its own SQLite tracking store under ``root``."""
+    return [
+        f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
+        f"tracking.artifacts={root / 'artifacts'}",
+    ]
+
+
+def cls_overrides(data: Path, epochs: int = 2) -> list[str]:
+    """A tiny classification recipe on the mini data."""
+    return [
+        f"data.root={data / 'cls'}",
+        "data.image_size=32",
+        "data.resize=32",
+        "data.workers=0",
+        "model.kwargs.num_classes=12",
+        "model.kwargs.width_mult=0.25",
+        f"train.epochs={epochs}",
+        "train.batch_size=32",
+        "train.warmup_epochs=0",
+        "train.lr.fp=0.02",
+        "train.lr.quantized=0.002",
+    ]
+
+
+def sr_overrides(data: Path, epochs: int = 2) -> list[str]:
+    """A tiny ECBSR recipe on the mini data."""
+    tests = data / "sr" / "test"
+    return [
+        f"data.train={data / 'sr' / 'train'}",
+        f"data.test={{mini_a: {tests / 'mini_a'}, mini_b: {tests / 'mini_b'}}}",
+        "data.patch=16",
+        "data.repeat=2",
+        "data.workers=0",
+        "model.kwargs.m=1",
+        "model.kwargs.c=8",
+        f"train.epochs={epochs}",
+        "train.batch_size=8",
+    ]
+
+
+def as_args(overrides: list[str]) -> list[str]:
+    return [arg for o in overrides for arg in ("--set", o)]

@@ -1,0 +1,167 @@
+"""The training engine end to end: real data on disk, real checkpoints, real MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import RECIPES, as_args, cls_overrides, sr_overrides, tracking_overrides
+from mlflow.tracking import MlflowClient
+
+from repq.cli import main
+from repq.engine.checkpoint import load_checkpoint
+from repq.models import create
+
+pytestmark = pytest.mark.slow
+
+
+def _train(recipe: str, overrides: list[str], out: Path, *extra: str) -> dict:
+    code = main(["train", str(RECIPES / recipe), "--out", str(out), *extra, *as_args(overrides)])
+    assert code == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+def _evaluate(recipe: str, overrides: list[str], run: Path) -> dict:
+    out = run / "eval.json"
+    code = main(
+        [
+            "evaluate",
+            str(RECIPES / recipe),
+            "--model-file",
+            str(run / "model.pt"),
+            "--out",
+            str(out),
+        ]
+        + as_args(overrides)
+    )
+    assert code == 0
+    return json.loads(out.read_text())
+
+
+def _chain(recipe: str, overrides: list[str], tmp: Path, methods: list[str]) -> dict:
+    results = {"fp": _train(recipe, overrides, tmp / "fp", "--stage", "fp")}
+    if "bnest" in methods:
+        results["fp-bnest"] = _train(recipe, overrides, tmp / "fpb", "--stage", "fp-bnest")
+    for method in methods:
+        init = tmp / ("fpb" if method == "bnest" else "fp") / "model.pt"
+        out = tmp / method
+        qat = ("--stage", "qat", "--method", method, "--bits", "4", "--init", str(init))
+        results[method] = _train(recipe, overrides, out, *qat)
+        evaluated = _evaluate(recipe, overrides, out)
+        assert evaluated["metrics"] == pytest.approx(results[method]["metrics"])
+    return results
+
+
+def test_classification_chain(mini_data, tmp_path):
+    overrides = cls_overrides(mini_data) + tracking_overrides(tmp_path)
+    results = _chain("ac_resnet18.yaml", overrides, tmp_path, ["merged", "repq", "bnest"])
+    for result in results.values():
+        assert 0.0 <= result["metrics"]["top1"] <= 100.0
+        assert result["selection"] == "best"
+    history = (tmp_path / "repq" / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 2 and "qstep/layers/weight" in history[0]
+    precision = (tmp_path / "repq" / "precision.tsv").read_text().splitlines()
+    assert precision[1].startswith("stem.0\t8\t8\ttrue")
+
+
+def test_superres_chain(mini_data, tmp_path):
+    overrides = sr_overrides(mini_data) + tracking_overrides(tmp_path)
+    results = _chain("ecbsr.yaml", overrides, tmp_path, ["merged", "repq"])
+    for result in results.values():
+        metrics = result["metrics"]
+        assert set(metrics) == {"psnr/mini_a", "ssim/mini_a", "psnr/mini_b", "ssim/mini_b"}
+        assert 10 < metrics["psnr/mini_a"] < 60 and 0 < metrics["ssim/mini_a"] <= 1
+        assert result["selection"] == "last" and result["epoch"] == 1
+
+
+def test_mlflow_run_holds_params_metrics_and_artifacts(mini_data, tmp_path):
+    overrides = sr_overrides(mini_data, epochs=3) + tracking_overrides(tmp_path)
+    result = _train("ecbsr.yaml", overrides, tmp_path / "fp", "--stage", "fp")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "ecbsr/fp"
+    assert run.data.params["train.epochs"] == "3" and run.data.params["stage"] == "fp"
+    assert run.data.tags["architecture"] == "ecbsr" and run.data.tags["bits"] == "32"
+    assert len(run.data.tags["git_commit"]) in (40, 7)  # a sha, or "unknown"
+    history = client.get_metric_history(run.info.run_id, "psnr/mini_a")
+    assert [m.step for m in history] == [0, 1, 2]
+    assert run.data.metrics["final/psnr/mini_a"] == pytest.approx(result["metrics"]["psnr/mini_a"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "config.json", "precision.tsv", "history.csv", "deploy.pt"} <= artifacts
+
+
+def _train_cmd(out: Path, overrides: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "repq",
+        "train",
+        str(RECIPES / "ecbsr.yaml"),
+        "--stage",
+        "fp",
+        "--out",
+        str(out),
+        *as_args(overrides),
+    ]
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(mini_data, tmp_path):
+    overrides = sr_overrides(mini_data, epochs=4) + [
+        "data.repeat=6",
+        *tracking_overrides(tmp_path),
+    ]
+    reference = _train("ecbsr.yaml", overrides, tmp_path / "reference", "--stage", "fp")
+
+    out = tmp_path / "killed"
+    checkpoint = out / "resume" / "last.pt"
+    process = subprocess.Popen(_train_cmd(out, overrides), stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert checkpoint.exists(), "no epoch checkpoint appeared"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "metrics.json").exists()
+    assert load_checkpoint(checkpoint, "resume")["epoch"] < 4
+
+    resumed = _train("ecbsr.yaml", overrides, out, "--stage", "fp")
+    assert resumed["metrics"] == reference["metrics"]
+    ref_state = load_checkpoint(tmp_path / "reference" / "model.pt")["model"]
+    new_state = load_checkpoint(out / "model.pt")["model"]
+    assert all(torch.equal(ref_state[k], new_state[k]) for k in ref_state)
+
+
+def test_two_process_ddp_matches_one_process(mini_data, tmp_path):
+    """ECBSR has no BN, so two gloo processes with half the batch each see exactly the
+    single-process batches and their averaged gradients equal the single-process ones up
+    to float rounding. With SGD the weights then agree to relative 1e-5 (Adam would
+    amplify the rounding of near-zero gradients, since its step is about lr * sign)."""
+    overrides = sr_overrides(mini_data, epochs=2) + tracking_overrides(tmp_path)
+    overrides += ["train.optimizer=sgd", "train.lr.fp=1.0e-5"]
+    _train("ecbsr.yaml", overrides, tmp_path / "single", "--stage", "fp")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "repq",
+        *_train_cmd(tmp_path / "ddp", overrides)[3:],
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(command, check=True, env=env, capture_output=True, timeout=300)
+    single = load_checkpoint(tmp_path / "single" / "model.pt")["model"]
+    ddp = load_checkpoint(tmp_path / "ddp" / "model.pt")["model"]
+    for key, value in single.items():
+        assert ((ddp[key] - value).norm() / value.norm().clamp_min(1e-12)).item() < 1e-5, key
+    torch.manual_seed(0)
+    initial = create("ecbsr", m=1, c=8, scale=2).state_dict()
+    moved = max((single[k] - initial[k]).abs().max().item() for k in initial)
+    assert moved > 1e-3  # training did change the weights

@@ -1,0 +1,147 @@
+"""Every bad input gives an error that names the problem, and breaks nothing written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+
+import pytest
+from conftest import RECIPES, as_args, cls_overrides, sr_overrides, tracking_overrides
+
+from repq.cli import main
+from repq.engine.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+def _run(capsys, recipe: str, overrides: list[str], *args: str) -> str:
+    code = main(["train", str(RECIPES / recipe), *args, *as_args(overrides)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    return err
+
+
+def _fp(capsys, tmp_path, recipe, overrides):
+    return _run(capsys, recipe, overrides, "--stage", "fp", "--out", str(tmp_path / "out"))
+
+
+@pytest.fixture
+def cls_copy(mini_data, tmp_path):
+    """A private copy of the classification data, free to break."""
+    root = tmp_path / "mini"
+    shutil.copytree(mini_data / "cls", root / "cls")
+    return root
+
+
+def test_missing_data_folder_is_named(capsys, tmp_path, mini_data):
+    overrides = cls_overrides(mini_data) + [f"data.root={tmp_path / 'nowhere'}"]
+    assert "nowhere/train does not exist" in _fp(capsys, tmp_path, "ac_resnet18.yaml", overrides)
+
+
+def test_empty_class_is_named(capsys, tmp_path, cls_copy):
+    for image in (cls_copy / "cls" / "val" / "coins").iterdir():
+        image.unlink()
+    err = _fp(capsys, tmp_path, "ac_resnet18.yaml", cls_overrides(cls_copy))
+    assert "empty class 'coins'" in err and "val/coins" in err
+
+
+def test_unreadable_image_is_named(capsys, tmp_path, cls_copy):
+    bad = sorted((cls_copy / "cls" / "train" / "moon").iterdir())[3]
+    bad.write_bytes(b"not a png at all")
+    err = _fp(capsys, tmp_path, "ac_resnet18.yaml", cls_overrides(cls_copy))
+    assert f"unreadable image {bad}" in err
+
+
+def test_wrong_number_of_classes_is_named(capsys, tmp_path, mini_data):
+    overrides = cls_overrides(mini_data) + ["model.kwargs.num_classes=10"]
+    err = _fp(capsys, tmp_path, "ac_resnet18.yaml", overrides)
+    assert "model.kwargs.num_classes is 10" in err and "12 classes" in err
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("train.epoch=3", "'epoch' was unexpected"),
+        ("train.epochs=many", "train.epochs: 'many' is not of type 'integer'"),
+        ("train.optimizer=lamb", "train.optimizer: 'lamb' is not one of"),
+        ("model.name=vgg", "model.name: 'vgg' is not one of"),
+        ("train.lr.fp=-1", "train.lr.fp: -1 is less than or equal to the minimum of 0"),
+    ],
+)
+def test_wrong_config_names_the_key(capsys, tmp_path, mini_data, override, named):
+    err = _fp(capsys, tmp_path, "ecbsr.yaml", sr_overrides(mini_data) + [override])
+    assert "invalid configuration" in err and named in err
+
+
+def test_malformed_override_is_named(capsys, tmp_path, mini_data):
+    assert "train.epochs" in _fp(capsys, tmp_path, "ecbsr.yaml", ["train.epochs"])
+
+
+def _trained(tmp_path, overrides) -> dict:
+    assert (
+        main(
+            ["train", str(RECIPES / "ecbsr.yaml"), "--stage", "fp", "--out", str(tmp_path / "fp")]
+            + as_args(overrides)
+        )
+        == 0
+    )
+    return json.loads((tmp_path / "fp" / "metrics.json").read_text())
+
+
+def _qat(capsys, overrides, init, tmp_path, method="repq"):
+    args = ["--stage", "qat", "--method", method, "--bits", "4", "--init", str(init)]
+    return _run(capsys, "ecbsr.yaml", overrides, *args, "--out", str(tmp_path / "qat"))
+
+
+def test_bad_checkpoints_are_named(capsys, tmp_path, mini_data):
+    overrides = sr_overrides(mini_data, epochs=1) + tracking_overrides(tmp_path)
+    _trained(tmp_path, overrides)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes((tmp_path / "fp" / "model.pt").read_bytes()[:200])
+    assert f"checkpoint {corrupt} is corrupt" in _qat(capsys, overrides, corrupt, tmp_path)
+    missing = tmp_path / "missing.pt"
+    assert f"checkpoint {missing} does not exist" in _qat(capsys, overrides, missing, tmp_path)
+    deploy = tmp_path / "fp" / "deploy.pt"
+    assert "holds a 'deploy' checkpoint" in _qat(capsys, overrides, deploy, tmp_path)
+    fp = tmp_path / "fp" / "model.pt"
+    assert "starts from a 'fp-bnest' checkpoint" in _qat(capsys, overrides, fp, tmp_path, "bnest")
+    other = overrides + ["model.kwargs.c=12"]
+    assert f"checkpoint {fp} does not fit this model" in _qat(capsys, other, fp, tmp_path)
+
+
+def test_corrupt_resume_checkpoint_is_named(capsys, tmp_path, mini_data):
+    overrides = sr_overrides(mini_data, epochs=1) + tracking_overrides(tmp_path)
+    resume = tmp_path / "out" / "resume" / "last.pt"
+    resume.parent.mkdir(parents=True)
+    resume.write_bytes(b"\x00" * 64)
+    assert f"checkpoint {resume} is corrupt" in _fp(capsys, tmp_path, "ecbsr.yaml", overrides)
+
+
+def test_nan_loss_stops_the_job_and_keeps_earlier_outputs(capsys, tmp_path, mini_data):
+    overrides = sr_overrides(mini_data, epochs=1) + tracking_overrides(tmp_path)
+    before = _trained(tmp_path, overrides)
+    saved = (tmp_path / "fp" / "model.pt").read_bytes()
+    exploding = overrides + ["train.lr.fp=1.0e+30", "train.log_every=1"]
+    args = ["--stage", "fp", "--out", str(tmp_path / "fp")]
+    err = _run(capsys, "ecbsr.yaml", exploding, *args)
+    assert "ecbsr/fp: the training loss became" in err and "lower the LR" in err
+    assert (tmp_path / "fp" / "model.pt").read_bytes() == saved
+    assert json.loads((tmp_path / "fp" / "metrics.json").read_text()) == before
+    assert load_checkpoint(tmp_path / "fp" / "model.pt", "model")["stage"] == "fp"
+
+
+def test_unreachable_tracking_server_fails_at_start_up(capsys, tmp_path, mini_data):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    overrides = sr_overrides(mini_data) + [f"tracking.uri={uri}"]
+    err = _fp(capsys, tmp_path, "ecbsr.yaml", overrides)
+    assert f"MLflow tracking server {uri} is unreachable" in err
+    assert not (tmp_path / "out" / "resume").exists()
+
+
+def test_qat_needs_its_init(capsys, tmp_path, mini_data):
+    args = ["--stage", "qat", "--method", "repq", "--bits", "4", "--out", str(tmp_path)]
+    assert "--init" in _run(capsys, "ecbsr.yaml", sr_overrides(mini_data), *args)
