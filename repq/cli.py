@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from repq.config import ConfigError, load_config
+from repq.report.cli import add_report_commands, demo_summary, report
 
 EPILOG = "Configs are YAML recipes (config/recipes/*.yaml); --set a.b=value overrides a key."
 
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_prepare_data, _add_train, _add_evaluate, _add_precision, _add_tracking_init):
         add(sub)
+    add_report_commands(sub)
     return parser
 
 
@@ -189,6 +191,8 @@ COMMANDS = {
     "train": _train,
     "evaluate": _evaluate,
     "tracking-init": _tracking_init,
+    "report": report,
+    "demo-summary": demo_summary,
     "precision": lambda args: _print_precision(
         load_config(args.config, args.overrides), args.method, args.bits
     ),

@@ -33,6 +33,7 @@ from repq.engine.optim import make_optimizer, make_scheduler, parameter_groups, 
 from repq.engine.tasks import Task, make_task
 from repq.qat import precision_table
 from repq.quant.layers import QuantLayer
+from repq.report.figures import curve_figure
 from repq.tracking import Tracker, git_commit
 
 log = logging.getLogger("repq")
@@ -352,6 +353,9 @@ class Trainer:
             "run_id": self.run_id,
         }
         _write_text(out / "history.csv", _history_csv(self.history))
+        atomic_write(
+            out / "curve.png", lambda tmp: curve_figure(out / "history.csv", tmp, job.name)
+        )
         _write_text(out / "precision.tsv", precision_tsv(self.model))
         _write_text(out / "config.json", json.dumps(job.config, indent=2))
         _write_text(out / "metrics.json", json.dumps(result, indent=2))

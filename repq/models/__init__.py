@@ -20,6 +20,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
 }
 
 SR_MODELS = frozenset({"ecbsr"})
+NORM_FREE = frozenset({"ecbsr"})  # architectures without BatchNorm (no RepQ-BNest)
 
 
 def available() -> list[str]:
@@ -36,4 +37,4 @@ def create(name: str, **kwargs) -> nn.Module:
     return factory(**kwargs)
 
 
-__all__ = ["ECBSR", "SR_MODELS", "RepVGG", "ResNet18", "available", "create"]
+__all__ = ["ECBSR", "NORM_FREE", "SR_MODELS", "RepVGG", "ResNet18", "available", "create"]

@@ -90,7 +90,7 @@ class Tracker:
         self.uri = resolve_uri(tracking.get("uri"))
         self.experiment = tracking.get("experiment", "repq")
         self.artifacts = tracking.get("artifacts")
-        self.group = tracking.get("group")
+        self.group = tracking.get("group") or os.environ.get("REPQ_PIPELINE")
         self.run_id: str | None = None
         self._client = None
         if enabled:

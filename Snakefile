@@ -1,0 +1,18 @@
+# The repq workflow: mini data (or data checks), tracking store, FP training, QAT for
+# every architecture, method and bit width, evaluation, tables, figures and report.
+#   snakemake --cores 2 --profile profiles/default                      (the embedded demo)
+#   snakemake --configfile config/paper.yaml --profile profiles/slurm   (the paper)
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        rules.tables.output,
+        expand(f"{RUN}/curve.png", zip, experiment=EXPERIMENTS, stage=STAGES),
+    default_target: True

@@ -1,0 +1,73 @@
+import os
+import uuid
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+from repq import pipeline
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "../schemas/config.schema.yaml")
+
+RESULTS = config["results"]
+RESOURCES = config.get("resources", {})
+THREADS = RESOURCES.get("threads", 1)
+GPUS = RESOURCES.get("gpus", 0)
+MINI = config.get("mini")
+MINI_OUT = (MINI or {}).get("out", f"{RESULTS}/mini")
+EXPERIMENTS, STAGES = zip(*pipeline.all_stages(config))
+RUN = f"{RESULTS}/runs/{{experiment}}/{{stage}}"
+TABLES = f"{RESULTS}/tables"
+ENV = "../../environment.yml"
+
+# One id per pipeline invocation, inherited by every job (also by cluster jobs, which
+# see it in their environment): it tags the MLflow runs of this invocation.
+os.environ.setdefault("REPQ_PIPELINE", uuid.uuid4().hex[:12])
+
+
+wildcard_constraints:
+    experiment="|".join(config["experiments"]),
+    stage="fp|fp-bnest|qat-(merged|repq|bnest)-(8|4)",
+
+
+def repq_command(gpus):
+    """`repq`, or torchrun over the job's GPUs when it has more than one."""
+    if gpus > 1:
+        return f"torchrun --standalone --nproc_per_node={gpus} -m repq"
+    return "repq"
+
+
+def recipe(wildcards):
+    return config["experiments"][wildcards.experiment]["recipe"]
+
+
+def set_args(wildcards):
+    return pipeline.set_args(config, wildcards.experiment)
+
+
+def data_ready(wildcards):
+    """The mini benchmark's manifest, or the marker of the experiment's data check."""
+    if MINI:
+        return f"{MINI_OUT}/manifest.json"
+    return f"{RESULTS}/data/{wildcards.experiment}.checked"
+
+
+def init_model(wildcards):
+    """A QAT stage's FP (or FP-BNest) model; nothing for the FP stages."""
+    if not wildcards.stage.startswith("qat-"):
+        return []
+    stage = pipeline.init_stage(wildcards.stage)
+    return f"{RESULTS}/runs/{wildcards.experiment}/{stage}/model.pt"
+
+
+def init_arg(wildcards, input):
+    return f"--init {input.init}" if input.init else ""
+
+
+def parent(wildcards, output):
+    return Path(output[0]).parent

@@ -1,0 +1,38 @@
+rule train:
+    input:
+        data=data_ready,
+        tracking=rules.tracking_init.output,
+        init=init_model,
+    output:
+        model=f"{RUN}/model.pt",
+        deploy=f"{RUN}/deploy.pt",
+        metrics=f"{RUN}/metrics.json",
+        history=f"{RUN}/history.csv",
+        precision=f"{RUN}/precision.tsv",
+        curve=report(
+            f"{RUN}/curve.png",
+            category="Training curves",
+            subcategory="{experiment}",
+            labels={"experiment": "{experiment}", "stage": "{stage}"},
+        ),
+    params:
+        recipe=recipe,
+        stage=lambda w: pipeline.stage_args(w.stage),
+        init=init_arg,
+        out=parent,
+        overrides=set_args,
+        repq=repq_command(GPUS),
+        # resumable checkpoints: an undeclared folder, kept when Snakemake reruns a job
+        resume=lambda w: f"{RESULTS}/resume/{w.experiment}/{w.stage}",
+    threads: THREADS
+    resources:
+        gpu=GPUS,
+        mem_mb=RESOURCES.get("mem_mb", 2000),
+        runtime=RESOURCES.get("runtime", 60),
+    log:
+        f"{RESULTS}/logs/train/{{experiment}}/{{stage}}.log",
+    conda:
+        ENV
+    shell:
+        "{params.repq} train {params.recipe} {params.stage} {params.init} --out {params.out} "
+        "--resume-dir {params.resume} --threads {threads} {params.overrides} > {log} 2>&1"
