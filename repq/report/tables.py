@@ -3,7 +3,7 @@
 Every number comes from an ``eval.json`` (the deployed model's evaluation). A cell
 whose run does not exist says ``no run``; RepQ-BNest on a model without BN says
 ``n/a``. The best quantized result of each model (classification) or of each scale
-(super-resolution) at each bit width is bold.
+(super-resolution) at each bit width is bold (every one of them on a tie).
 """
 
 from __future__ import annotations
@@ -145,17 +145,21 @@ def _bold_cells(table: pd.DataFrame, kind: str) -> set[tuple[int, str]]:
             columns = [f"{bits}-bit {METHOD_NAMES[m]}" for m in METHODS]
             for index, row in table.iterrows():
                 values = {c: row[c] for c in columns if isinstance(row[c], float)}
-                if values:
-                    bold.add((index, max(values, key=values.get)))
+                bold |= {(index, c) for c in _best(values)}
         return bold
     quantized = table[table["bits"] != 32]
     metric_columns = [c for c in table.columns if c.endswith(("PSNR", "SSIM"))]
     for _, group in quantized.groupby(["model", "bits"]):
         for column in metric_columns:
             values = {i: v for i, v in group[column].items() if isinstance(v, float)}
-            if values:
-                bold.add((max(values, key=values.get), column))
+            bold |= {(i, column) for i in _best(values)}
     return bold
+
+
+def _best(values: dict) -> list:
+    """Keys of the highest value (all of them on a tie)."""
+    top = max(values.values(), default=None)
+    return [k for k, v in values.items() if v == top]
 
 
 def _format(value: object, column: str) -> str:

@@ -1,0 +1,218 @@
+"""Training-step cost of RepQ and RepQ-BNest against Merged LSQ and torch.ao QAT.
+
+For each model, every variant's training step (forward, backward, optimiser) is timed
+in one process, interleaved (A B C ... A B C ...), and the median is reported with its
+ratio to Merged. Memory is the peak allocated on CUDA; on the CPU (where torch keeps no
+allocation statistics) it is the bytes of the tensors saved for backward during one
+step, which is what training memory grows with.
+
+    python benchmarks/train_step.py                 # CPU, writes benchmarks/results/cpu.*
+    python benchmarks/train_step.py --device cuda --batch 256 --size 224 --amp \
+        --channels-last --tag gpu                   # the GPU throughput run
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.ao.quantization as ao
+from torch import nn
+
+from repq.models import create
+from repq.qat import bnest_fp, prepare
+from repq.reparam import reparameterize
+
+VARIANTS = ("float", "float_deploy", "merged", "repq", "bnest", "torch_ao")
+
+
+def models(size: int) -> dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], str]]:
+    """name -> (factory, input shape without batch, loss kind)."""
+    return {
+        "repvgg_a0": (lambda: create("repvgg_a0", num_classes=1000), (3, size, size), "ce"),
+        "orepa_resnet18": (
+            lambda: create("orepa_resnet18", num_classes=1000),
+            (3, size, size),
+            "ce",
+        ),
+        "ecbsr_m4c16": (lambda: create("ecbsr", m=4, c=16, scale=2), (1, size, size), "l1"),
+    }
+
+
+def torch_ao_qat(model: nn.Module) -> nn.Module:
+    """torch.ao eager-mode QAT on the deploy model (8-bit, x86 qconfig)."""
+    deploy = reparameterize(model).train()
+    deploy.qconfig = ao.get_default_qat_qconfig("x86")
+    return ao.prepare_qat(deploy)
+
+
+def build_variants(factory: Callable[[], nn.Module]) -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    model = factory().train()
+    bnest_model = bnest_fp(copy.deepcopy(model))
+    return {
+        "float": model,
+        "float_deploy": reparameterize(model).train(),
+        "merged": prepare(model, "merged", 8).train(),
+        "repq": prepare(model, "repq", 8).train(),
+        "bnest": prepare(bnest_model, "bnest", 8).train(),
+        "torch_ao": torch_ao_qat(model).train(),
+    }
+
+
+class Step:
+    """One training step of a model on a fixed batch."""
+
+    def __init__(
+        self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, loss: str, amp: bool
+    ):
+        self.model, self.x, self.target, self.amp = model, x, target, amp
+        self.loss = nn.functional.cross_entropy if loss == "ce" else nn.functional.l1_loss
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def __call__(self) -> None:
+        with torch.autocast(self.x.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            out = self.model(self.x)
+        loss = self.loss(out.float(), self.target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+
+def saved_bytes(step: Step) -> int:
+    """Bytes of the distinct tensor storages autograd saves during one step."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(seen.values())
+
+
+def peak_memory(step: Step, device: torch.device) -> int:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated()
+    return saved_bytes(step)
+
+
+def timed(step: Step, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> dict:
+    factory, shape, loss = models(args.size)[name]
+    variants = {k: v.to(device) for k, v in build_variants(factory).items() if k in args.variants}
+    x = torch.randn(args.batch, *shape, device=device)
+    if name.startswith("ecbsr"):
+        x = x.abs() * 60 + 16
+        target = torch.randn(args.batch, 1, shape[1] * 2, shape[2] * 2, device=device)
+    else:
+        target = torch.randint(0, 1000, (args.batch,), device=device)
+    if args.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+        variants = {k: v.to(memory_format=torch.channels_last) for k, v in variants.items()}
+    steps = {k: Step(m, x, target, loss, args.amp) for k, m in variants.items()}
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(args.rounds):
+        for key, step in steps.items():
+            times[key].append(timed(step, device))
+    memory = {k: peak_memory(s, device) for k, s in steps.items()}
+    median = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "batch": args.batch,
+        "input": list(shape),
+        "step_s": median,
+        "images_per_s": {k: args.batch / v for k, v in median.items()},
+        "memory_bytes": memory,
+        "time_vs_merged": {k: v / median["merged"] for k, v in median.items()},
+        "memory_vs_merged": {k: v / memory["merged"] for k, v in memory.items()},
+    }
+
+
+def markdown(results: dict) -> str:
+    lines = []
+    for name, r in results["models"].items():
+        lines += [
+            f"### {name} (batch {r['batch']}, input {'x'.join(map(str, r['input']))})",
+            "",
+            "| variant | step (ms) | images/s | time / Merged | memory (MiB) | memory / Merged |",
+            "|---|---|---|---|---|---|",
+        ]
+        for key in r["step_s"]:
+            lines.append(
+                f"| {key} | {1000 * r['step_s'][key]:.1f} | {r['images_per_s'][key]:.1f} | "
+                f"{r['time_vs_merged'][key]:.2f} | {r['memory_bytes'][key] / 2**20:.1f} | "
+                f"{r['memory_vs_merged'][key]:.2f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def environment(device: torch.device) -> dict:
+    info = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=64, help="input side (LR side for ECBSR)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--models", nargs="+", default=list(models(64)))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--tag", default="cpu", help="name of the result files")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    results = {
+        "environment": environment(device),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
+        "models": {name: bench_model(name, args, device) for name in args.models},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.tag}.json").write_text(json.dumps(results, indent=2, default=str))
+    table = markdown(results)
+    (args.out / f"{args.tag}.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""The Snakemake workflow: planning, linting, an end-to-end micro run, reruns, schema."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def workdir(tmp_path) -> Path:
+    """A copy of the workflow (Snakefile, rules, schema, configs) to run in."""
+    for name in ("Snakefile", "workflow", "config", "profiles", "environment.yml"):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, tmp_path / name)
+        else:
+            shutil.copy(source, tmp_path / name)
+    return tmp_path
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run(
+        [str(BIN / "snakemake"), *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(result.stdout[-3000:] + result.stderr[-3000:])
+    return result
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run."""
+    table = output.split("Job stats:")[1].split("\n\n")[0]
+    rows = re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.MULTILINE)
+    return {rule: int(count) for rule, count in rows if rule != "total"}
+
+
+def test_dry_run_of_the_demo_plans_every_job(workdir):
+    counts = job_counts(snakemake(workdir, "-n", "--cores", "2").stdout)
+    # 4 classifiers x (fp, fp-bnest, 3 methods x 2 bits) + ECBSR x2 x (fp, 2 methods x 2 bits)
+    assert counts == {
+        "prepare_mini": 1,
+        "tracking_init": 1,
+        "train": 4 * 8 + 5,
+        "evaluate": 4 * 8 + 5,
+        "tables": 1,
+        "all": 1,
+    }
+
+
+def test_dry_run_of_the_paper_plans_every_job(workdir):
+    result = snakemake(workdir, "-n", "--cores", "2", "--configfile", "config/paper.yaml")
+    counts = job_counts(result.stdout)
+    # ECBSR at x2 and x4
+    assert counts == {
+        "check_data": 6,
+        "tracking_init": 1,
+        "train": 4 * 8 + 2 * 5,
+        "evaluate": 4 * 8 + 2 * 5,
+        "tables": 1,
+        "all": 1,
+    }
+    assert "torchrun --standalone --nproc_per_node=8 -m repq train" in _shell_of(workdir)
+
+
+def _shell_of(workdir: Path) -> str:
+    args = ["-n", "-p", "--cores", "2", "--configfile", "config/paper.yaml"]
+    return snakemake(workdir, *args).stdout
+
+
+def test_lint_reports_nothing(workdir):
+    result = snakemake(workdir, "--lint")
+    assert "Congratulations, your workflow is in a good condition" in result.stdout
+
+
+def test_wrong_config_value_names_the_key(workdir):
+    result = snakemake(workdir, "-n", "--config", "bits=[3]", check=False)
+    assert result.returncode != 0
+    assert "bits" in result.stderr and "3 is not one of [8, 4]" in result.stderr
+    result = snakemake(workdir, "-n", "--config", "epochs=3", check=False)
+    assert "'epochs' was unexpected" in result.stderr
+
+
+MICRO = {
+    "results": "results",
+    "mini": {"out": "results/mini", "train_per_class": 16, "val_per_class": 4, "image_size": 32},
+    "tracking": {"experiment": "micro"},
+    "classification_overrides": {
+        "data.root": "results/mini/cls",
+        "data.image_size": 32,
+        "data.resize": 32,
+        "model.kwargs.num_classes": 12,
+        "model.kwargs.width_mult": 0.25,
+        "train.epochs": 1,
+        "train.batch_size": 32,
+        "train.warmup_epochs": 0,
+        "train.lr.fp": 0.02,
+        "train.lr.quantized": 0.002,
+    },
+    "superres_overrides": {
+        "data.train": "results/mini/sr/train",
+        "data.test": {
+            "mini_a": "results/mini/sr/test/mini_a",
+            "mini_b": "results/mini/sr/test/mini_b",
+        },
+        "data.patch": 16,
+        "model.kwargs.m": 1,
+        "model.kwargs.c": 8,
+        "train.epochs": 1,
+        "train.batch_size": 8,
+    },
+    "experiments": {
+        "repvgg_a0": {"recipe": "config/recipes/repvgg_a0.yaml"},
+        "ecbsr_x2": {"recipe": "config/recipes/ecbsr.yaml"},
+    },
+    "methods": ["merged", "repq", "bnest"],
+    "bits": [8, 4],
+    "resources": {"threads": 1},
+}
+
+
+def test_micro_pipeline_end_to_end(workdir):
+    (workdir / "micro.yaml").write_text(yaml.safe_dump(MICRO))
+    snakemake(workdir, "--cores", "2", "--configfile", "micro.yaml")
+    tables = workdir / "results" / "tables"
+    classification = pd.read_csv(tables / "classification.csv")
+    superres = pd.read_csv(tables / "superres.csv")
+    assert list(classification["model"]) == ["RepVGG-A0"]
+    assert not classification.isna().any().any()
+    assert "no run" not in classification.to_string()
+    assert len(superres) == 5 and not superres.isna().any().any()
+    assert "no run" not in superres.to_string()
+    assert (tables / "drop.png").stat().st_size > 0 and (tables / "classification.tex").exists()
+    evaluated = json.loads((workdir / "results/runs/repvgg_a0/qat-repq-4/eval.json").read_text())
+    assert classification.loc[0, "4-bit RepQ"] == pytest.approx(evaluated["metrics"]["top1"])
+
+    client = MlflowClient(f"sqlite:///{workdir / 'results' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("micro")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    jobs = [r.data.tags["job"] for r in runs]
+    assert jobs.count("train") == 13 and jobs.count("evaluate") == 13 and jobs.count("report") == 1
+    assert len({r.data.tags["pipeline"] for r in runs}) == 1
+
+    # One changed hyperparameter reruns only the jobs it affects.
+    change = (
+        "experiments={ecbsr_x2: {recipe: config/recipes/ecbsr.yaml, overrides: {train.epochs: 2}}}"
+    )
+    result = snakemake(
+        workdir, "-n", "--cores", "2", "--configfile", "micro.yaml", "--config", change
+    )
+    assert job_counts(result.stdout) == {"train": 5, "evaluate": 5, "tables": 1, "all": 1}
+    assert "experiment=repvgg_a0" not in result.stdout
+    assert (
+        snakemake(workdir, "-n", "--cores", "2", "--configfile", "micro.yaml").stdout.count(
+            "rule train"
+        )
+        == 0
+    )
+
+    snakemake(workdir, "--cores", "1", "--configfile", "micro.yaml", "--report", "report.html")
+    html = (workdir / "report.html").read_text(errors="ignore")
+    assert "classification.csv" in html and "curve.png" in html
