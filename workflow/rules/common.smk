@@ -8,10 +8,8 @@ from repq import pipeline
 
 min_version("9.0")
 
-
-configfile: "config/config.yaml"
-
-
+# No `configfile:` here: a config given on the command line would be merged into it.
+# profiles/default names config/config.yaml (the demo); other runs pass --configfile.
 validate(config, "../schemas/config.schema.yaml")
 
 RESULTS = config["results"]
