@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from repq.data.errors import DataError
     from repq.engine.checkpoint import CheckpointError
-    from repq.engine.trainer import TrainingDiverged
+    from repq.engine.errors import TrainingDiverged
     from repq.tracking import TrackingError
 
     handler = COMMANDS[args.command]

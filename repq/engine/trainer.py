@@ -29,18 +29,14 @@ from repq.data.sampling import EpochSampler
 from repq.engine import distributed
 from repq.engine.build import build_model, deploy_form
 from repq.engine.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from repq.engine.errors import TrainingDiverged
 from repq.engine.optim import make_optimizer, make_scheduler, parameter_groups, run_lr
 from repq.engine.tasks import Task, make_task
 from repq.qat import precision_table
 from repq.quant.layers import QuantLayer
-from repq.report.figures import curve_figure
 from repq.tracking import Tracker, git_commit
 
 log = logging.getLogger("repq")
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
 
 
 @dataclass
@@ -353,6 +349,8 @@ class Trainer:
             "run_id": self.run_id,
         }
         _write_text(out / "history.csv", _history_csv(self.history))
+        from repq.report.figures import curve_figure  # matplotlib: only when a job ends
+
         atomic_write(
             out / "curve.png", lambda tmp: curve_figure(out / "history.csv", tmp, job.name)
         )
