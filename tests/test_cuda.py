@@ -1,0 +1,42 @@
+"""The CUDA path (runs where a GPU is present; see benchmarks/README.md for the GPU run)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import rel_err
+
+from repq.models import create
+from repq.qat import prepare, to_deploy
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+@pytest.mark.parametrize("method", ["merged", "repq", "bnest"])
+def test_qat_step_has_no_host_synchronisation(method):
+    model = prepare(create("repvgg_a0", num_classes=10, width_mult=0.25), method, 4).cuda()
+    x = torch.randn(8, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last).train()
+    model(x)  # initialises the steps (a one-off)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(x)
+        out.float().logsumexp(1).mean().backward()
+        optimizer.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@cuda
+@pytest.mark.parametrize("name", ["repvgg_a0", "orepa_resnet18", "ecbsr"])
+def test_eval_equals_deploy_on_cuda(name):
+    kwargs = {"m": 2, "c": 8} if name == "ecbsr" else {"num_classes": 10, "width_mult": 0.25}
+    qat = prepare(create(name, **kwargs), "repq", 4).cuda()
+    channels = 1 if name == "ecbsr" else 3
+    x = torch.rand(2, channels, 32, 32, device="cuda") * (255 if name == "ecbsr" else 1)
+    with torch.no_grad():
+        qat.train()(x)
+        assert rel_err(to_deploy(qat)(x), qat.eval()(x)) <= 1e-5
