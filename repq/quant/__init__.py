@@ -1,10 +1,11 @@
 """LSQ fake quantization, quantized layers and the per-layer precision policy."""
 
 from repq.quant.layers import QuantConv2d, QuantLayer, QuantLinear, wrap_quantized
-from repq.quant.lsq import LSQQuantizer, lsq_fake_quantize, quant_range, round_ste
+from repq.quant.lsq import LSQFunction, LSQQuantizer, lsq_fake_quantize, quant_range
 from repq.quant.policy import LayerPrecision, PrecisionPolicy
 
 __all__ = [
+    "LSQFunction",
     "LSQQuantizer",
     "LayerPrecision",
     "PrecisionPolicy",
@@ -13,6 +14,5 @@ __all__ = [
     "QuantLinear",
     "lsq_fake_quantize",
     "quant_range",
-    "round_ste",
     "wrap_quantized",
 ]

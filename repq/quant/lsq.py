@@ -1,6 +1,6 @@
 """Learned Step Size Quantization (LSQ, Esser et al., ICLR 2020).
 
-``x_q = clamp(round_ste(x / s), -Qn, Qp) * s`` with a straight-through rounding and
+``x_q = clamp(round(x / s), -Qn, Qp) * s`` with a straight-through rounding and
 the step's gradient scaled by ``g = 1 / sqrt(N * Qp)`` (``N``: elements one step
 covers). Rounding before clamping gives the same values as clamping first and the
 same gradients as torch's learnable fake-quant ops (and MQBench): an input within
@@ -15,26 +15,40 @@ import torch
 from torch import Tensor, nn
 
 
-def round_ste(v: Tensor) -> Tensor:
-    """Round with a straight-through gradient, ``v + (round(v) - v).detach()``, written
-    as ``round(v) + (v - v.detach())`` so that the value is exactly ``round(v)`` (the
-    first form can land an ulp off the integer, which makes the clamp's mask wrong)."""
-    return torch.round(v).detach() + (v - v.detach())
+class LSQFunction(torch.autograd.Function):
+    """Fused LSQ fake quantization: one tensor (``x``) saved, gradients recomputed.
 
+    ``d out / d x = 1`` where ``round(x / s)`` lies in ``[qmin, qmax]``, else 0;
+    ``d out / d s = round(x / s) - x / s`` inside, ``clamp(round(x / s))`` outside,
+    times ``grad_factor`` and summed over the elements each step covers.
+    """
 
-def scale_grad(t: Tensor, factor: float) -> Tensor:
-    """``t`` in the forward pass, ``factor * grad`` in the backward pass."""
-    scaled = t * factor
-    return (t - scaled).detach() + scaled
+    @staticmethod
+    def forward(ctx, x: Tensor, step: Tensor, qmin: int, qmax: int, grad_factor: float) -> Tensor:
+        ctx.save_for_backward(x, step)
+        ctx.bounds = (qmin, qmax, grad_factor)
+        return torch.round(x / step).clamp_(qmin, qmax).mul_(step)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, step = ctx.saved_tensors
+        qmin, qmax, grad_factor = ctx.bounds
+        v = x / step
+        q = torch.round(v)
+        inside = (q >= qmin).logical_and_(q <= qmax).to(v.dtype)
+        grad_x = grad_step = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad * inside).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            # round(v) - v inside the range, clamp(round(v)) outside: q - v * inside
+            local = q.clamp_(qmin, qmax).sub_(v.mul_(inside)).mul_(grad)
+            grad_step = local.sum_to_size(step.shape).mul_(grad_factor).to(step.dtype)
+        return grad_x, grad_step, None, None, None
 
 
 def lsq_fake_quantize(x: Tensor, step: Tensor, qmin: int, qmax: int, grad_factor: float) -> Tensor:
     """Fake-quantize ``x`` with ``step`` (broadcastable to ``x``) onto ``[qmin, qmax]``."""
-    s = scale_grad(step, grad_factor)
-    v = x / s
-    rounded = torch.round(v).detach()
-    inside = (rounded >= qmin) & (rounded <= qmax)
-    return torch.where(inside, round_ste(v), rounded.clamp(qmin, qmax)) * s
+    return LSQFunction.apply(x, step, qmin, qmax, grad_factor)
 
 
 def quant_range(bits: int, signed: bool) -> tuple[int, int]:

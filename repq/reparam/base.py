@@ -66,6 +66,25 @@ def pad_kernel(kernel: Tensor, size: tuple[int, int]) -> Tensor:
     return F.pad(kernel, (dw // 2, dw // 2, dh // 2, dh // 2))
 
 
+def merge_centred(kernels: list[Tensor], size: tuple[int, int]) -> Tensor:
+    """Sum kernels of different sizes, each centred in ``size``. Smaller kernels are
+    added into the centre slice of the full-size sum (no zero-padded copies)."""
+    full = [k for k in kernels if tuple(k.shape[2:]) == size]
+    small = [k for k in kernels if tuple(k.shape[2:]) != size]
+    if not full:
+        return sum((pad_kernel(k, size) for k in small[1:]), pad_kernel(small[0], size))
+    kernel = sum(full[1:], full[0])
+    if small and kernel.is_leaf:
+        kernel = kernel.clone()  # never write into a parameter
+    for k in small:
+        kh, kw = k.shape[2:]
+        top, left = (size[0] - kh) // 2, (size[1] - kw) // 2
+        if (size[0] - kh) % 2 or (size[1] - kw) % 2:
+            raise ValueError(f"cannot centre a {(kh, kw)} kernel in {size}")
+        kernel[:, :, top : top + kh, left : left + kw] += k
+    return kernel
+
+
 def identity_kernel(channels: int, groups: int, dtype: torch.dtype | None = None) -> Tensor:
     """The 1x1 kernel ``[C, C / groups, 1, 1]`` with a 1 at ``[i, i % (C / groups)]``."""
     per_group = channels // groups
@@ -129,18 +148,17 @@ class ReparamBlock(nn.Module, ABC):
         statistics, which makes the result the exact deploy kernel.
         """
         stats = running_stats if stats is None else stats
-        kernel = bias = None
+        kernels, biases = [], []
         for branch in self.branches():
             k, b = branch.kernel, branch.bias
             if branch.norm is not None:
                 mean, var = stats(branch, self)
                 k, b = fold_norm(k, b, branch.norm, mean, var)
-            k = pad_kernel(k, self.kernel_size)
-            kernel = k if kernel is None else kernel + k
+            kernels.append(k)
             if b is not None:
-                bias = b if bias is None else bias + b
-        if bias is None:
-            bias = kernel.new_zeros(self.out_channels)
+                biases.append(b)
+        kernel = merge_centred(kernels, self.kernel_size)
+        bias = sum(biases[1:], biases[0]) if biases else kernel.new_zeros(self.out_channels)
         return kernel, bias
 
     def apply_kernel(self, x: Tensor, kernel: Tensor, bias: Tensor | None = None) -> Tensor:

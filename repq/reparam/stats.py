@@ -79,7 +79,8 @@ class EstimatedStats:
         mean_x = self.mean_x.to(kernel.dtype).reshape(groups, 1, in_per_group)
         var_x = self.var_x.to(kernel.dtype).reshape(groups, 1, in_per_group)
         mean = (kernel.sum((2, 3)).reshape(shape) * mean_x).sum(-1).reshape(out_channels)
-        var = (kernel.square().sum((2, 3)).reshape(shape) * var_x).sum(-1).reshape(out_channels)
+        energy = torch.linalg.vector_norm(kernel, dim=(2, 3)).square()  # sum_ij W_ij^2
+        var = (energy.reshape(shape) * var_x).sum(-1).reshape(out_channels)
         if branch.bias is not None:
             mean = mean + branch.bias
         update_running_stats(branch.norm, mean, var, self.count)
