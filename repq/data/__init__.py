@@ -1,0 +1,1 @@
+"""Datasets: ImageNet-style folders, super-resolution folders and the mini benchmark."""

@@ -1,0 +1,78 @@
+"""Deterministic, resumable, shardable sampling.
+
+Every sample's randomness (its augmentation) is a function of ``(seed, epoch, index)``
+alone, so an epoch produces the same batches whatever the number of DataLoader workers,
+whether the job was resumed, and (sharded by rank) whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for one sample of one epoch."""
+    return (seed * 1_000_003 + epoch * 7_919 + index * 104_729) % (2**63 - 1)
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields ``(index, sample_seed)`` for one rank's share of an epoch.
+
+    The epoch's permutation depends on ``(seed, epoch)``; rank ``r`` of ``world`` takes
+    every ``world``-th position starting at ``r``, so the ranks' batches at one step
+    together are the single-process batch of ``world x`` the size.
+    """
+
+    def __init__(
+        self,
+        length: int,
+        seed: int,
+        shuffle: bool,
+        rank: int = 0,
+        world: int = 1,
+        samples_per_epoch: int | None = None,
+    ) -> None:
+        self.length, self.seed, self.shuffle = length, seed, shuffle
+        self.rank, self.world = rank, world
+        self.total = samples_per_epoch or length
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> list[int]:
+        if not self.shuffle:
+            return [i % self.length for i in range(self.total)]
+        gen = torch.Generator().manual_seed(self.seed * 9_973 + self.epoch)
+        repeats = -(-self.total // self.length)
+        order = torch.cat([torch.randperm(self.length, generator=gen) for _ in range(repeats)])
+        return order[: self.total].tolist()
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = self._order()
+        for position in range(self.rank, len(order), self.world):
+            index = order[position]
+            yield index, sample_seed(self.seed, self.epoch, position)
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.total, self.world))
+
+
+class Seeded(Dataset):
+    """Wraps a dataset whose transforms draw from torch's global RNG: each item is
+    produced under its own seed, in a forked RNG state."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
