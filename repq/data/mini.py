@@ -123,7 +123,10 @@ def write_superres(root: Path, seed: int, train_crops: int, train_size: int, tes
         for name in names:
             crop = _random_crop(source_rgb(name), test_size, rng)
             Image.fromarray(crop).save(folder / f"{name}.png")
-    return {"train": train_crops * len(SR_TRAIN_IMAGES), **{k: len(v) for k, v in SR_TEST_SETS.items()}}
+    return {
+        "train": train_crops * len(SR_TRAIN_IMAGES),
+        **{k: len(v) for k, v in SR_TEST_SETS.items()},
+    }
 
 
 def write_mini(
