@@ -30,10 +30,11 @@ test: lint
 
 demo: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --profile profiles/default
-	@PATH=$(abspath $(BIN)):$$PATH $(BIN)/repq demo-summary
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --profile profiles/default --report results/report.html
+	@$(BIN)/repq demo-summary
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py
 
 clean-demo:
-	rm -rf results/mini results/runs results/tables results/report.html results/mlflow.db
+	rm -rf results/mini results/runs results/resume results/logs results/tables results/report.html results/mlflow.db results/mlartifacts results/tracking.ready

@@ -132,10 +132,15 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
     if args.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
         variants = {k: v.to(memory_format=torch.channels_last) for k, v in variants.items()}
+    if args.compile:
+        variants = {k: torch.compile(v) for k, v in variants.items()}
     steps = {k: Step(m, x, target, loss, args.amp) for k, m in variants.items()}
-    for step in steps.values():
+    compile_s = {}
+    for key, step in steps.items():
+        start = time.perf_counter()
         for _ in range(args.warmup):
             step()
+        compile_s[key] = time.perf_counter() - start
     times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(args.rounds):
         for key, step in steps.items():
@@ -148,6 +153,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
         "step_s": median,
         "images_per_s": {k: args.batch / v for k, v in median.items()},
         "memory_bytes": memory,
+        "warmup_s": compile_s,
         "time_vs_merged": {k: v / median["merged"] for k, v in median.items()},
         "memory_vs_merged": {k: v / memory["merged"] for k, v in memory.items()},
     }
@@ -196,6 +202,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every variant")
     parser.add_argument("--models", nargs="+", default=list(models(64)))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--tag", default="cpu", help="name of the result files")

@@ -309,6 +309,8 @@ class Trainer:
             if self.ctx.distributed:
                 ids = [self.ctx.local_rank] if self.cuda else None
                 model = DistributedDataParallel(self.model, device_ids=ids)
+            if self.train_cfg.get("compile", False):
+                model = torch.compile(model)
             self._start_tracking()
             while self.epoch < self.train_cfg["epochs"]:
                 stats = self._train_epoch(model)

@@ -54,5 +54,5 @@ def demo_summary(args: argparse.Namespace) -> None:
         if path.exists():
             print(f"\n{path}:\n{path.read_text()}")
     print(f"tables and figures: {tables}")
-    print(f"HTML report:        snakemake --report {results / 'report.html'}")
+    print(f"HTML report:        {results / 'report.html'}")
     print(f"MLflow UI:          mlflow ui --backend-store-uri sqlite:///{results / 'mlflow.db'}")
