@@ -39,13 +39,4 @@ class RepQConv(QuantLayer):
         return self.block.kernel_bias()
 
     def deploy_shell(self) -> nn.Conv2d:
-        block = self.block
-        return nn.Conv2d(
-            block.in_channels,
-            block.out_channels,
-            block.kernel_size,
-            block.stride,
-            block.padding,
-            groups=block.groups,
-            bias=True,
-        )
+        return self.block.conv_shell()

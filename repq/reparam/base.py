@@ -181,11 +181,9 @@ class ReparamBlock(nn.Module, ABC):
             return self.apply_kernel(x, *self.kernel_bias(EstimatedStats(x)))
         return self.forward_branches(x)
 
-    @torch.no_grad()
-    def to_conv(self) -> nn.Conv2d:
-        """The deploy form: one ``nn.Conv2d`` with bias and the merged kernel."""
-        kernel, bias = self.kernel_bias()
-        conv = nn.Conv2d(
+    def conv_shell(self) -> nn.Conv2d:
+        """An ``nn.Conv2d`` (with bias) of this block's geometry, values unset."""
+        return nn.Conv2d(
             self.in_channels,
             self.out_channels,
             self.kernel_size,
@@ -193,7 +191,13 @@ class ReparamBlock(nn.Module, ABC):
             self.padding,
             groups=self.groups,
             bias=True,
-        ).to(device=kernel.device, dtype=kernel.dtype)
+        )
+
+    @torch.no_grad()
+    def to_conv(self) -> nn.Conv2d:
+        """The deploy form: one ``nn.Conv2d`` with bias and the merged kernel."""
+        kernel, bias = self.kernel_bias()
+        conv = self.conv_shell().to(device=kernel.device, dtype=kernel.dtype)
         conv.weight.copy_(kernel)
         conv.bias.copy_(bias)
         return conv
