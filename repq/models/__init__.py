@@ -19,7 +19,6 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "ecbsr": ECBSR,
 }
 
-SR_MODELS = frozenset({"ecbsr"})
 NORM_FREE = frozenset({"ecbsr"})  # architectures without BatchNorm (no RepQ-BNest)
 
 
@@ -37,4 +36,4 @@ def create(name: str, **kwargs) -> nn.Module:
     return factory(**kwargs)
 
 
-__all__ = ["ECBSR", "NORM_FREE", "SR_MODELS", "RepVGG", "ResNet18", "available", "create"]
+__all__ = ["ECBSR", "NORM_FREE", "RepVGG", "ResNet18", "available", "create"]

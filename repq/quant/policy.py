@@ -8,7 +8,7 @@ where they are non-negative (after ReLU) and signed otherwise.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 FirstRule = Literal["same", "input", "full"]
@@ -24,9 +24,6 @@ class LayerPrecision:
     weight_bits: int
     input_bits: int
     input_signed: bool
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
