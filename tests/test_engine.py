@@ -165,3 +165,13 @@ def test_two_process_ddp_matches_one_process(mini_data, tmp_path):
     initial = create("ecbsr", m=1, c=8, scale=2).state_dict()
     moved = max((single[k] - initial[k]).abs().max().item() for k in initial)
     assert moved > 1e-3  # training did change the weights
+
+
+def test_compiled_training_forward_trains_and_saves_a_plain_model(mini_data, tmp_path):
+    overrides = sr_overrides(mini_data, epochs=1) + tracking_overrides(tmp_path)
+    result = _train("ecbsr.yaml", overrides + ["train.compile=true"], tmp_path, "--stage", "fp")
+    state = load_checkpoint(tmp_path / "model.pt", "model")["model"]
+    assert not any(key.startswith("_orig_mod") for key in state)
+    assert _evaluate("ecbsr.yaml", overrides, tmp_path)["metrics"] == pytest.approx(
+        result["metrics"]
+    )
