@@ -43,7 +43,14 @@ def _add_prepare_data(sub) -> None:
     p.add_argument("--train-per-class", type=int, default=64, help="mini: train images/class")
     p.add_argument("--val-per-class", type=int, default=24, help="mini: val images per class")
     p.add_argument("--image-size", type=int, default=40, help="mini: classification image side")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="check: override a key of the recipe (repeatable)",
+    )
 
 
 def _add_train(sub) -> None:
@@ -91,8 +98,8 @@ def _add_precision(sub) -> None:
         epilog=EPILOG,
     )
     _config_args(p)
-    p.add_argument("--method", choices=["merged", "repq", "bnest"], required=True)
-    p.add_argument("--bits", type=int, choices=[8, 4], required=True)
+    p.add_argument("--method", choices=["merged", "repq", "bnest"], required=True, help="method")
+    p.add_argument("--bits", type=int, choices=[8, 4], required=True, help="QAT bit width")
 
 
 def _add_tracking_init(sub) -> None:

@@ -20,9 +20,18 @@ def add_report_commands(sub) -> None:
     tables.add_argument("config", type=Path, help="a recipe (its tracking section is used)")
     tables.add_argument("--runs", type=Path, required=True, help="results/runs")
     tables.add_argument("--out", type=Path, required=True, help="results/tables")
-    tables.add_argument("--set", dest="overrides", action="append", default=[])
+    tables.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the recipe, e.g. tracking.experiment=repq-demo",
+    )
     summary = sub.add_parser("demo-summary", help="say where the demo's outputs are")
-    summary.add_argument("--results", type=Path, default=Path("results"))
+    summary.add_argument(
+        "--results", type=Path, default=Path("results"), help="the workflow's results folder"
+    )
 
 
 def report(args: argparse.Namespace) -> None:
