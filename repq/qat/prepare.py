@@ -62,12 +62,12 @@ def prepare(
     if method not in METHODS:
         raise ValueError(f"unknown QAT method {method!r}; choose one of {METHODS}")
     policy = default_policy(model) if policy is None else policy
-    qat = copy.deepcopy(model)
     if method == "merged":
-        qat = reparameterize(qat)
+        qat = reparameterize(model)  # a copy
     elif method == "bnest":
-        bnest_fp(qat, keep_bn)
+        qat = bnest_fp(copy.deepcopy(model), keep_bn)
     else:
+        qat = copy.deepcopy(model)
         for block in norm_blocks(adopt_conv_bn(qat)):
             block.norm_mode = "batch"
     names = quantizable_layers(qat, method)
