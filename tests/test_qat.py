@@ -190,3 +190,13 @@ def test_training_steps_move_every_parameter_and_lower_the_loss(name, method):
             for n, p in qat.named_parameters():
                 assert not torch.equal(p, before[n]) or n.endswith(DEAD), n
     assert losses[-1] < losses[0]
+
+
+def test_channel_moments_match_var_mean_and_pass_gradcheck():
+    from repq.reparam.stats import channel_moments
+
+    y = (torch.randn(3, 4, 5, 6, dtype=torch.float64) * 3 + 100).requires_grad_()
+    mean, var = channel_moments(y)
+    ref_var, ref_mean = torch.var_mean(y, dim=(0, 2, 3), correction=0)
+    assert rel_err(mean, ref_mean) < 1e-14 and rel_err(var, ref_var) < 1e-12
+    assert torch.autograd.gradcheck(channel_moments, (y,))
