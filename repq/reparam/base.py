@@ -67,22 +67,15 @@ def pad_kernel(kernel: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def merge_centred(kernels: list[Tensor], size: tuple[int, int]) -> Tensor:
-    """Sum kernels of different sizes, each centred in ``size``. Smaller kernels are
-    added into the centre slice of the full-size sum (no zero-padded copies)."""
-    full = [k for k in kernels if tuple(k.shape[2:]) == size]
-    small = [k for k in kernels if tuple(k.shape[2:]) != size]
-    if not full:
-        return sum((pad_kernel(k, size) for k in small[1:]), pad_kernel(small[0], size))
-    kernel = sum(full[1:], full[0])
-    if small and kernel.is_leaf:
-        kernel = kernel.clone()  # never write into a parameter
-    for k in small:
-        kh, kw = k.shape[2:]
-        top, left = (size[0] - kh) // 2, (size[1] - kw) // 2
-        if (size[0] - kh) % 2 or (size[1] - kw) % 2:
-            raise ValueError(f"cannot centre a {(kh, kw)} kernel in {size}")
-        kernel[:, :, top : top + kh, left : left + kw] += k
-    return kernel
+    """Sum kernels of different sizes, each centred in ``size``: kernels of one size are
+    summed first, so each smaller size is zero-padded once (RepVGG's 1x1 and identity
+    kernels share one pad)."""
+    by_size: dict[tuple[int, int], Tensor] = {}
+    for k in kernels:
+        key = tuple(k.shape[2:])
+        by_size[key] = k if key not in by_size else by_size[key] + k
+    padded = [pad_kernel(k, size) for k in by_size.values()]
+    return sum(padded[1:], padded[0])
 
 
 def identity_kernel(channels: int, groups: int, dtype: torch.dtype | None = None) -> Tensor:
