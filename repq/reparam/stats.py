@@ -105,8 +105,10 @@ class EstimatedStats:
         shape = (groups, out_channels // groups, in_per_group)
         mean_x = self.mean_x.to(kernel.dtype).reshape(groups, 1, in_per_group)
         var_x = self.var_x.to(kernel.dtype).reshape(groups, 1, in_per_group)
-        mean = (kernel.sum((2, 3)).reshape(shape) * mean_x).sum(-1).reshape(out_channels)
-        energy = torch.linalg.vector_norm(kernel, dim=(2, 3)).square()  # sum_ij W_ij^2
+        taps = kernel.flatten(2)  # [out, in / groups, kh * kw]; sums over it are fastest
+        ksum = taps.sum(-1)  # sum_ij W_ij
+        energy = (taps * taps).sum(-1)  # sum_ij W_ij^2
+        mean = (ksum.reshape(shape) * mean_x).sum(-1).reshape(out_channels)
         var = (energy.reshape(shape) * var_x).sum(-1).reshape(out_channels)
         if branch.bias is not None:
             mean = mean + branch.bias
