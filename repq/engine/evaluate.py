@@ -10,7 +10,7 @@ from repq.engine.build import deploy_form, model_from_file
 from repq.engine.checkpoint import atomic_write
 from repq.engine.distributed import setup
 from repq.engine.tasks import make_task
-from repq.tracking import Tracker, git_commit
+from repq.tracking import Tracker, run_tags
 
 
 def evaluate(config: dict, model_file: Path, out: Path, threads: int = 1) -> dict:
@@ -26,15 +26,7 @@ def evaluate(config: dict, model_file: Path, out: Path, threads: int = 1) -> dic
     stage, method, bits = content["stage"], content["method"], content["bits"]
     name = content["config"]["model"]["name"]
     run_name = f"{name}/eval-{stage}" + (f"-{method}-{bits}bit" if stage == "qat" else "")
-    tags = {
-        "architecture": name,
-        "stage": stage,
-        "method": method or "fp",
-        "bits": str(bits or 32),
-        "seed": str(content["config"]["train"].get("seed", 0)),
-        "git_commit": git_commit(),
-        "job": "evaluate",
-    }
+    tags = run_tags(content["config"], stage, method, bits, "evaluate")
     params = {**flatten(config), "model_file": str(model_file)}
     tracker.start(run_name, tags, params)
     try:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from repq.data.classification import check_image_folder, image_folder
+from repq.data.classification import image_folder
 from repq.data.errors import DataError
 from repq.data.sampling import Seeded
 from repq.data.superres import SRTestSet, SRTrainSet
@@ -56,9 +56,9 @@ class ClassificationTask(Task):
     def __init__(self, config: dict) -> None:
         super().__init__(config)
         root = Path(self.data.get("root", ""))
-        verify = self.data.get("verify_images", True)
-        classes = check_image_folder(root / "train", verify)
-        val_classes = check_image_folder(root / "val", verify)
+        self._train = self._folder(root / "train", True)  # checked when built
+        self._val = self._folder(root / "val", False)
+        classes, val_classes = self._train.classes, self._val.classes
         if val_classes != classes:
             raise DataError(f"{root}/val has classes {val_classes}, train has {classes}")
         expected = config["model"].get("kwargs", {}).get("num_classes", 1000)
@@ -68,18 +68,18 @@ class ClassificationTask(Task):
                 f"but {root}/train has {len(classes)} classes"
             )
 
-    def _folder(self, split: str, train: bool):
+    def _folder(self, root: Path, train: bool):
         size = self.data.get("image_size", 224)
         return image_folder(
-            Path(self.data["root"]) / split,
+            root,
             train,
             size,
             self.data.get("resize", round(size * 256 / 224)),
-            verify_images=False,
+            verify_images=self.data.get("verify_images", True),
         )
 
     def train_set(self) -> Dataset:
-        return Seeded(self._folder("train", True))
+        return Seeded(self._train)
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         smoothing = self.config["train"].get("label_smoothing", 0.0)
@@ -88,7 +88,7 @@ class ClassificationTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         loader = DataLoader(
-            self._folder("val", False),
+            self._val,
             batch_size=self.config["train"]["batch_size"],
             num_workers=self.data.get("workers", 0),
         )

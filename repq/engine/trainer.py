@@ -34,7 +34,7 @@ from repq.engine.optim import make_optimizer, make_scheduler, parameter_groups, 
 from repq.engine.tasks import Task, make_task
 from repq.qat import precision_table
 from repq.quant.layers import QuantLayer
-from repq.tracking import Tracker, git_commit
+from repq.tracking import Tracker, run_tags
 
 log = logging.getLogger("repq")
 
@@ -64,15 +64,7 @@ class Job:
         return (self.resume_dir or self.out / "resume") / "last.pt"
 
     def tags(self) -> dict[str, str]:
-        return {
-            "architecture": self.config["model"]["name"],
-            "stage": self.stage,
-            "method": self.method or "fp",
-            "bits": str(self.bits or 32),
-            "seed": str(self.config["train"].get("seed", 0)),
-            "git_commit": git_commit(),
-            "job": "train",
-        }
+        return run_tags(self.config, self.stage, self.method, self.bits, "train")
 
 
 def step_summary(model: nn.Module) -> dict[str, float]:

@@ -6,6 +6,7 @@ from repq.tracking.mlflow_tracker import (
     ensure_experiment,
     git_commit,
     resolve_uri,
+    run_tags,
 )
 
-__all__ = ["Tracker", "TrackingError", "ensure_experiment", "git_commit", "resolve_uri"]
+__all__ = ["Tracker", "TrackingError", "ensure_experiment", "git_commit", "resolve_uri", "run_tags"]

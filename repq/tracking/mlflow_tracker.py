@@ -82,6 +82,21 @@ def git_commit() -> str:
         return "unknown"
 
 
+def run_tags(
+    config: dict, stage: str, method: str | None, bits: int | None, job: str
+) -> dict[str, str]:
+    """The tags of a job's run: architecture, stage, method, bits, seed, commit, job."""
+    return {
+        "architecture": config["model"]["name"],
+        "stage": stage,
+        "method": method or "fp",
+        "bits": str(bits or 32),
+        "seed": str(config["train"].get("seed", 0)),
+        "git_commit": git_commit(),
+        "job": job,
+    }
+
+
 class Tracker:
     """One MLflow run; every method is a no-op when ``enabled`` is false (rank > 0)."""
 
