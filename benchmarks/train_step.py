@@ -2,9 +2,11 @@
 
 For each model, every variant's training step (forward, backward, optimiser) is timed
 in one process, interleaved (A B C ... A B C ...), and the median is reported with its
-ratio to Merged. Memory is the peak allocated on CUDA; on the CPU (where torch keeps no
-allocation statistics) it is the bytes of the tensors saved for backward during one
-step, which is what training memory grows with.
+ratio to Merged. Memory is the peak allocated during one step, counting everything live:
+on CUDA ``torch.cuda.max_memory_allocated``; on the CPU (where torch keeps no allocator
+statistics) the bytes live before the step (parameters, buffers, optimiser state, the
+batch) plus the peak of the profiler's allocation events during it. The JSON also keeps
+the bytes autograd saves for backward (``saved_bytes``).
 
     python benchmarks/train_step.py                 # CPU, writes benchmarks/results/cpu.*
     python benchmarks/train_step.py --device cuda --batch 256 --size 224 --amp \
@@ -19,12 +21,13 @@ import json
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 import torch.ao.quantization as ao
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 from repq.models import create
 from repq.qat import bnest_fp, prepare
@@ -78,10 +81,10 @@ class Step:
         self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
     def __call__(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.x.device.type, dtype=torch.bfloat16, enabled=self.amp):
             out = self.model(self.x)
         loss = self.loss(out.float(), self.target)
-        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
 
@@ -100,6 +103,37 @@ def saved_bytes(step: Step) -> int:
     return sum(seen.values())
 
 
+def live_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind ``tensors``."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
+def step_state(step: Step) -> list[torch.Tensor]:
+    """What stays allocated between steps (gradients are freed as a step starts)."""
+    state = [v for s in step.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    return [*step.model.parameters(), *step.model.buffers(), *state, step.x, step.target]
+
+
+def cpu_peak_bytes(step: Step) -> int:
+    """Peak bytes allocated during one step on the CPU: the live state plus the peak of
+    the running sum of the profiler's allocation and free events."""
+    step.optimizer.zero_grad(set_to_none=True)
+    live = live_bytes(step_state(step))
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted(
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]"
+    )
+    running = peak = 0
+    for _, nbytes in events:
+        running += nbytes
+        peak = max(peak, running)
+    return live + peak
+
+
 def peak_memory(step: Step, device: torch.device) -> int:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -107,7 +141,7 @@ def peak_memory(step: Step, device: torch.device) -> int:
         step()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated()
-    return saved_bytes(step)
+    return cpu_peak_bytes(step)
 
 
 def timed(step: Step, device: torch.device) -> float:
@@ -146,6 +180,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
         for key, step in steps.items():
             times[key].append(timed(step, device))
     memory = {k: peak_memory(s, device) for k, s in steps.items()}
+    saved = {k: saved_bytes(s) for k, s in steps.items()}
     median = {k: statistics.median(v) for k, v in times.items()}
     return {
         "batch": args.batch,
@@ -153,6 +188,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
         "step_s": median,
         "images_per_s": {k: args.batch / v for k, v in median.items()},
         "memory_bytes": memory,
+        "saved_bytes": saved,
         "warmup_s": compile_s,
         "time_vs_merged": {k: v / median["merged"] for k, v in median.items()},
         "memory_vs_merged": {k: v / memory["merged"] for k, v in memory.items()},
@@ -165,14 +201,15 @@ def markdown(results: dict) -> str:
         lines += [
             f"### {name} (batch {r['batch']}, input {'x'.join(map(str, r['input']))})",
             "",
-            "| variant | step (ms) | images/s | time / Merged | memory (MiB) | memory / Merged |",
-            "|---|---|---|---|---|---|",
+            "| variant | step (ms) | images/s | time / Merged | peak memory (MiB) "
+            "| memory / Merged | saved for backward (MiB) |",
+            "|---|---|---|---|---|---|---|",
         ]
         for key in r["step_s"]:
             lines.append(
                 f"| {key} | {1000 * r['step_s'][key]:.1f} | {r['images_per_s'][key]:.1f} | "
                 f"{r['time_vs_merged'][key]:.2f} | {r['memory_bytes'][key] / 2**20:.1f} | "
-                f"{r['memory_vs_merged'][key]:.2f} |"
+                f"{r['memory_vs_merged'][key]:.2f} | {r['saved_bytes'][key] / 2**20:.1f} |"
             )
         lines.append("")
     return "\n".join(lines)

@@ -200,3 +200,38 @@ def test_channel_moments_match_var_mean_and_pass_gradcheck():
     ref_var, ref_mean = torch.var_mean(y, dim=(0, 2, 3), correction=0)
     assert rel_err(mean, ref_mean) < 1e-14 and rel_err(var, ref_var) < 1e-12
     assert torch.autograd.gradcheck(channel_moments, (y,))
+
+
+def _kernel_moments_by_formula(kernel, mean_x, var_x, groups):
+    """S3 and S8 written out with loops over output channels (the test's oracle)."""
+    out_channels, per_group = kernel.shape[:2]
+    means, variances = [], []
+    for o in range(out_channels):
+        g = o // (out_channels // groups)
+        inputs = slice(g * per_group, (g + 1) * per_group)
+        taps = kernel[o].flatten(1)
+        means.append((taps.sum(1) * mean_x[inputs]).sum())
+        variances.append((taps.square().sum(1) * var_x[inputs]).sum())
+    return torch.stack(means), torch.stack(variances)
+
+
+KERNEL_CASES = [((6, 4, 3, 3), 1), ((6, 2, 3, 3), 2), ((5, 4, 1, 3), 1), ((6, 1, 1, 1), 6)]
+
+
+@pytest.mark.parametrize(("shape", "groups"), KERNEL_CASES)
+def test_kernel_moments_match_s3_s8_and_pass_gradcheck(shape, groups):
+    from repq.reparam.stats import KernelMoments
+
+    gen = torch.Generator().manual_seed(sum(shape))
+    kernel = torch.randn(shape, dtype=torch.float64, generator=gen).requires_grad_()
+    channels = shape[1] * groups
+    mean_x = torch.randn(channels, dtype=torch.float64, generator=gen).requires_grad_()
+    var_x = torch.rand(channels, dtype=torch.float64, generator=gen).requires_grad_()
+
+    def moments(k, m, v):
+        return KernelMoments.apply(k, m, v, groups)
+
+    got = moments(kernel, mean_x, var_x)
+    expected = _kernel_moments_by_formula(kernel, mean_x, var_x, groups)
+    assert all(rel_err(a, b) < 1e-12 for a, b in zip(got, expected, strict=True))
+    assert torch.autograd.gradcheck(moments, (kernel, mean_x, var_x))

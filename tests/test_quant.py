@@ -26,8 +26,9 @@ def _oracle(x, step, qmin, qmax, grad_factor, per_channel):
 @pytest.mark.parametrize("bits", [2, 4, 8])
 @pytest.mark.parametrize("signed", [True, False])
 @pytest.mark.parametrize("per_channel", [False, True], ids=["tensor", "channel"])
-def test_lsq_matches_torch_learnable_fake_quant(bits, signed, per_channel):
-    x = torch.randn(6, 5, 4, 4) * 3
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_lsq_matches_torch_learnable_fake_quant(bits, signed, per_channel, layout):
+    x = (torch.randn(6, 5, 4, 4) * 3).contiguous(memory_format=layout)
     quantizer = LSQQuantizer(bits, signed, 6 if per_channel else None)
     quantizer.initialize(x)
     with torch.no_grad():

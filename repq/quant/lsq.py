@@ -27,7 +27,7 @@ class LSQFunction(torch.autograd.Function):
     def forward(ctx, x: Tensor, step: Tensor, qmin: int, qmax: int, grad_factor: float) -> Tensor:
         ctx.save_for_backward(x, step)
         ctx.bounds = (qmin, qmax, grad_factor)
-        return torch.round(x / step).clamp_(qmin, qmax).mul_(step)
+        return (x / step).round_().clamp_(qmin, qmax).mul_(step)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -35,15 +35,28 @@ class LSQFunction(torch.autograd.Function):
         qmin, qmax, grad_factor = ctx.bounds
         v = x / step
         q = torch.round(v)
-        inside = (q >= qmin).logical_and_(q <= qmax).to(v.dtype)
+        local = q.clamp(qmin, qmax)
+        # 1 outside the range, 0 inside (q is an integer). Float masks, no bool tensors
+        # (comparisons and ``where`` are several times slower on the CPU), and every
+        # pass after these three allocations runs in place.
+        outside = q.sub_(local).abs_().clamp_(max=1.0)
         grad_x = grad_step = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (grad * inside).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            # round(v) - v inside the range, clamp(round(v)) outside: q - v * inside
-            local = q.clamp_(qmin, qmax).sub_(v.mul_(inside)).mul_(grad)
-            grad_step = local.sum_to_size(step.shape).mul_(grad_factor).to(step.dtype)
+            # round(v) - v inside the range, clamp(round(v)) outside
+            local.sub_(v).addcmul_(v, outside)
+            grad_step = _weighted_sum(local, grad, step.shape).mul_(grad_factor).to(step.dtype)
+        del v, local
+        if ctx.needs_input_grad[0]:
+            grad_x = outside.neg_().add_(1.0).mul_(grad).to(x.dtype)
         return grad_x, grad_step, None, None, None
+
+
+def _weighted_sum(local: Tensor, grad: Tensor, shape: torch.Size) -> Tensor:
+    """``local * grad`` summed to ``shape``: a dot product (no product tensor) for one
+    step over contiguous tensors."""
+    if shape.numel() == 1 and local.is_contiguous() and grad.is_contiguous():
+        return torch.dot(local.view(-1), grad.view(-1).to(local.dtype)).reshape(shape)
+    return local.mul_(grad).sum_to_size(shape)
 
 
 def lsq_fake_quantize(x: Tensor, step: Tensor, qmin: int, qmax: int, grad_factor: float) -> Tensor:

@@ -87,6 +87,60 @@ class BatchStats:
         return mean, var
 
 
+def _per_output(moments: Tensor, groups: int, out_channels: int) -> Tensor:
+    """Input-channel moments ``[C_in]`` laid out as ``[out, in / groups]``: each output
+    channel sees the input channels of its group."""
+    per_group = moments.reshape(groups, 1, -1)
+    return per_group.expand(groups, out_channels // groups, -1).reshape(out_channels, -1)
+
+
+def _per_input(values: Tensor, groups: int) -> Tensor:
+    """The adjoint of :func:`_per_output`: ``[out, in / groups]`` summed to ``[C_in]``."""
+    out_channels = values.shape[0]
+    return values.reshape(groups, out_channels // groups, -1).sum(1).reshape(-1)
+
+
+class KernelMoments(torch.autograd.Function):
+    """The S3/S8 estimates for one kernel ``W [out, in / groups, kh, kw]``:
+    ``mean_o = sum_{i,t} W_oit E[X_i]`` and ``var_o = sum_{i,t} W_oit^2 V[X_i]``.
+
+    Backward ``dW = dmean E[X] + 2 dvar V[X] W`` is one pass over the kernel; the tap
+    sums are recomputed rather than saved (only the kernel and the moments are kept).
+    """
+
+    @staticmethod
+    def forward(ctx, kernel: Tensor, mean_x: Tensor, var_x: Tensor, groups: int):
+        ksum, energy = _tap_sums(kernel)
+        out_channels = kernel.shape[0]
+        mean = (ksum * _per_output(mean_x, groups, out_channels)).sum(-1)
+        var = (energy * _per_output(var_x, groups, out_channels)).sum(-1)
+        ctx.save_for_backward(kernel, mean_x, var_x)
+        ctx.groups = groups
+        return mean, var
+
+    @staticmethod
+    def backward(ctx, grad_mean: Tensor, grad_var: Tensor):
+        kernel, mean_x, var_x = ctx.saved_tensors
+        groups, out_channels = ctx.groups, kernel.shape[0]
+        grad_kernel = grad_mean_x = grad_var_x = None
+        if ctx.needs_input_grad[0]:
+            by_mean = (grad_mean[:, None] * _per_output(mean_x, groups, out_channels))[..., None]
+            by_var = (2 * grad_var[:, None] * _per_output(var_x, groups, out_channels))[..., None]
+            taps = kernel.flatten(2)
+            grad_kernel = torch.addcmul(by_mean, taps, by_var).view_as(kernel)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            ksum, energy = _tap_sums(kernel)
+            grad_mean_x = _per_input(grad_mean[:, None] * ksum, groups)
+            grad_var_x = _per_input(grad_var[:, None] * energy, groups)
+        return grad_kernel, grad_mean_x, grad_var_x, None
+
+
+def _tap_sums(kernel: Tensor) -> tuple[Tensor, Tensor]:
+    """``sum_t W_oit`` and ``sum_t W_oit^2`` per ``(out, in)`` pair."""
+    taps = kernel.flatten(2)
+    return taps.sum(-1), torch.linalg.vector_norm(taps, dim=-1).square_()
+
+
 class EstimatedStats:
     """RepQ-BNest: ``E[X*W] ~ E[X] . sum_ij W_ij`` (S3), ``V[X*W] ~ V[X] . sum_ij W_ij^2`` (S8).
 
@@ -100,16 +154,8 @@ class EstimatedStats:
 
     def __call__(self, branch: Branch, block: ReparamBlock) -> tuple[Tensor, Tensor]:
         kernel = branch.kernel
-        out_channels, in_per_group = kernel.shape[:2]
-        groups = block.groups
-        shape = (groups, out_channels // groups, in_per_group)
-        mean_x = self.mean_x.to(kernel.dtype).reshape(groups, 1, in_per_group)
-        var_x = self.var_x.to(kernel.dtype).reshape(groups, 1, in_per_group)
-        taps = kernel.flatten(2)  # [out, in / groups, kh * kw]; sums over it are fastest
-        ksum = taps.sum(-1)  # sum_ij W_ij
-        energy = (taps * taps).sum(-1)  # sum_ij W_ij^2
-        mean = (ksum.reshape(shape) * mean_x).sum(-1).reshape(out_channels)
-        var = (energy.reshape(shape) * var_x).sum(-1).reshape(out_channels)
+        mean_x, var_x = self.mean_x.to(kernel.dtype), self.var_x.to(kernel.dtype)
+        mean, var = KernelMoments.apply(kernel, mean_x, var_x, block.groups)
         if branch.bias is not None:
             mean = mean + branch.bias
         update_running_stats(branch.norm, mean, var, self.count)

@@ -1,0 +1,97 @@
+"""Where a training step's time goes: a torch.profiler breakdown by the size of the data.
+
+Every aten op's self CPU time over a few steps is put in one of four bins by its inputs:
+``conv`` (convolutions, their backward, linear layers), ``activation`` (an input shaped
+like a batch of feature maps), ``weight`` (an input of at least ``--large`` elements
+that is not a batch: kernels and their gradients) and ``small`` (everything else:
+per-channel vectors and scalars, where the time is per-op overhead). The profiler's own
+overhead inflates the small ops; compare the bins across variants, not with
+``train_step.py``'s times.
+
+    python benchmarks/profile_step.py --models repvgg_a0 --variants merged bnest
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+from train_step import VARIANTS, Step, build_variants, models
+
+BINS = ("conv", "activation", "weight", "small")
+CONV_OPS = ("convolution", "addmm", "aten::mm")
+
+
+def op_bin(name: str, shapes: list[list[int]], batch: int, large: int) -> str:
+    """The bin of one op given its input shapes."""
+    if any(key in name for key in CONV_OPS):
+        return "conv"
+    tensors = [s for s in shapes if isinstance(s, list) and s]
+    if any(len(s) == 4 and s[0] == batch for s in tensors):
+        return "activation"
+    if any(math.prod(s) >= large for s in tensors):
+        return "weight"
+    return "small"
+
+
+def breakdown(step: Step, batch: int, steps: int, large: int) -> dict[str, float]:
+    """Milliseconds of self CPU time per step in each bin, plus the op count."""
+    step()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(steps):
+            step()
+    totals: dict[str, float] = defaultdict(float)
+    calls = 0
+    for event in prof.key_averages(group_by_input_shape=True):
+        if not event.key.startswith("aten::"):
+            continue
+        totals[op_bin(event.key, event.input_shapes, batch, large)] += event.self_cpu_time_total
+        calls += event.count
+    result = {b: totals[b] / 1000 / steps for b in BINS}
+    result["total"] = sum(result.values())
+    result["ops"] = calls / steps
+    return result
+
+
+def markdown(name: str, rows: dict[str, dict[str, float]]) -> str:
+    head = "| variant | " + " | ".join(f"{b} (ms)" for b in BINS) + " | total (ms) | ops |"
+    lines = [f"### {name}", "", head, "|---" * (len(BINS) + 3) + "|"]
+    for variant, r in rows.items():
+        cells = " | ".join(f"{r[b]:.1f}" for b in (*BINS, "total"))
+        lines.append(f"| {variant} | {cells} | {r['ops']:.0f} |")
+    return "\n".join([*lines, ""])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--large", type=int, default=16384, help="elements of a 'weight' op")
+    parser.add_argument("--models", nargs="+", default=["repvgg_a0"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--out", type=Path, help="write the Markdown table here")
+    args = parser.parse_args()
+    tables = []
+    for name in args.models:
+        factory, shape, loss = models(args.size)[name]
+        variants = build_variants(factory)
+        x = torch.randn(args.batch, *shape)
+        target = torch.randint(0, 1000, (args.batch,))
+        if name.startswith("ecbsr"):
+            target = torch.randn(args.batch, 1, shape[1] * 2, shape[2] * 2)
+        steps = {v: Step(variants[v], x, target, loss, False) for v in args.variants}
+        rows = {v: breakdown(s, args.batch, args.steps, args.large) for v, s in steps.items()}
+        tables.append(markdown(f"{name} (batch {args.batch}, {args.size}x{args.size})", rows))
+    text = "\n".join(tables)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
