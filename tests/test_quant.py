@@ -10,7 +10,7 @@ from torch import nn
 
 from repq.models import create
 from repq.qat import precision_table, prepare, to_deploy
-from repq.quant import LSQQuantizer, QuantConv2d
+from repq.quant import LSQQuantizer, QuantConv2d, lsq
 from repq.quant.policy import LayerPrecision
 
 
@@ -26,8 +26,16 @@ def _oracle(x, step, qmin, qmax, grad_factor, per_channel):
 @pytest.mark.parametrize("bits", [2, 4, 8])
 @pytest.mark.parametrize("signed", [True, False])
 @pytest.mark.parametrize("per_channel", [False, True], ids=["tensor", "channel"])
-@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_lsq_matches_torch_learnable_fake_quant(bits, signed, per_channel, layout):
+@pytest.mark.parametrize(
+    ("layout", "chunk"),
+    [(torch.contiguous_format, None), (torch.contiguous_format, 7), (torch.channels_last, None)],
+    ids=["whole", "chunks-of-7", "channels-last"],
+)
+def test_lsq_matches_torch_learnable_fake_quant(
+    bits, signed, per_channel, layout, chunk, monkeypatch
+):
+    if chunk:  # several chunks, rows (per channel) and columns (per tensor) alike
+        monkeypatch.setattr(lsq, "CHUNK_ELEMENTS", chunk)
     x = (torch.randn(6, 5, 4, 4) * 3).contiguous(memory_format=layout)
     quantizer = LSQQuantizer(bits, signed, 6 if per_channel else None)
     quantizer.initialize(x)

@@ -14,49 +14,107 @@ import math
 import torch
 from torch import Tensor, nn
 
+CHUNK_ELEMENTS = 1 << 18
+"""Elements per chunk on the CPU: a chunk's passes run in cache, and the backward's two
+scratch buffers (1 MiB each) are reused where whole-tensor temporaries would be fresh
+pages every step."""
+
 
 class LSQFunction(torch.autograd.Function):
     """Fused LSQ fake quantization: one tensor (``x``) saved, gradients recomputed.
 
     ``d out / d x = 1`` where ``round(x / s)`` lies in ``[qmin, qmax]``, else 0;
     ``d out / d s = round(x / s) - x / s`` inside, ``clamp(round(x / s))`` outside,
-    times ``grad_factor`` and summed over the elements each step covers.
+    times ``grad_factor`` and summed over the elements each step covers. On the CPU both
+    passes run in chunks of about ``CHUNK_ELEMENTS``.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, step: Tensor, qmin: int, qmax: int, grad_factor: float) -> Tensor:
         ctx.save_for_backward(x, step)
         ctx.bounds = (qmin, qmax, grad_factor)
-        return (x / step).round_().clamp_(qmin, qmax).mul_(step)
+        out = torch.empty_like(x, dtype=torch.result_type(x, step))
+        for x_part, out_part, step_part in _parts(step, x, out):
+            torch.div(x_part, step_part, out=out_part).round_().clamp_(qmin, qmax)
+            out_part.mul_(step_part)
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, step = ctx.saved_tensors
         qmin, qmax, grad_factor = ctx.bounds
-        v = x / step
-        q = torch.round(v)
-        local = q.clamp(qmin, qmax)
-        # 1 outside the range, 0 inside (q is an integer). Float masks, no bool tensors
-        # (comparisons and ``where`` are several times slower on the CPU), and every
-        # pass after these three allocations runs in place.
-        outside = q.sub_(local).abs_().clamp_(max=1.0)
-        grad_x = grad_step = None
+        grad_x = torch.empty_like(grad)
+        scratch = _scratch(x, step)
+        sums = [
+            _gradients_into(x_part, g_part, step_part, qmin, qmax, gx_part, *scratch(x_part))
+            for x_part, g_part, gx_part, step_part in _parts(step, x, grad, grad_x)
+        ]
+        grad_step = None
         if ctx.needs_input_grad[1]:
-            # round(v) - v inside the range, clamp(round(v)) outside
-            local.sub_(v).addcmul_(v, outside)
-            grad_step = _weighted_sum(local, grad, step.shape).mul_(grad_factor).to(step.dtype)
-        del v, local
-        if ctx.needs_input_grad[0]:
-            grad_x = outside.neg_().add_(1.0).mul_(grad).to(x.dtype)
-        return grad_x, grad_step, None, None, None
+            total = torch.cat(sums) if len(sums) > 1 and step.numel() > 1 else sum(sums)
+            grad_step = total.reshape(step.shape).mul_(grad_factor).to(step.dtype)
+        return grad_x.to(x.dtype), grad_step, None, None, None
 
 
-def _weighted_sum(local: Tensor, grad: Tensor, shape: torch.Size) -> Tensor:
-    """``local * grad`` summed to ``shape``: a dot product (no product tensor) for one
-    step over contiguous tensors."""
-    if shape.numel() == 1 and local.is_contiguous() and grad.is_contiguous():
-        return torch.dot(local.view(-1), grad.view(-1).to(local.dtype)).reshape(shape)
-    return local.mul_(grad).sum_to_size(shape)
+def _chunkable(step: Tensor, *tensors: Tensor) -> bool:
+    return step.device.type == "cpu" and all(t.is_contiguous() for t in tensors)
+
+
+def _parts(step: Tensor, *tensors: Tensor) -> list[tuple[Tensor, ...]]:
+    """``tensors`` with ``step``, whole, or on the CPU in chunks: blocks of rows of the
+    tensors seen as ``[steps, elements per step]`` (of columns for a single step)."""
+    if not _chunkable(step, *tensors):
+        return [(*tensors, step)]
+    rows = step.numel()
+    flat = [t.view(rows, -1) for t in tensors]
+    step2 = step.reshape(rows, 1)
+    columns = flat[0].shape[1]
+    if rows == 1:
+        blocks = [slice(a, a + CHUNK_ELEMENTS) for a in range(0, columns, CHUNK_ELEMENTS)]
+        return [(*(t[:, b] for t in flat), step2) for b in blocks]
+    per_chunk = max(1, CHUNK_ELEMENTS // columns)
+    blocks = [slice(a, a + per_chunk) for a in range(0, rows, per_chunk)]
+    return [(*(t[b] for t in flat), step2[b]) for b in blocks]
+
+
+def _scratch(x: Tensor, step: Tensor):
+    """A function giving two scratch tensors shaped like a part of ``x``: views of two
+    buffers allocated once when ``x`` is chunked, fresh tensors otherwise."""
+    dtype = torch.result_type(x, step)
+    if not _chunkable(step, x):
+        return lambda part: (
+            torch.empty_like(part, dtype=dtype),
+            torch.empty_like(part, dtype=dtype),
+        )
+    size = min(x.numel(), max(CHUNK_ELEMENTS, x.numel() // step.numel()))
+    buffers = torch.empty(2, size, dtype=dtype)
+    return lambda part: tuple(b[: part.numel()].view(part.shape) for b in buffers)
+
+
+def _gradients_into(
+    x: Tensor,
+    grad: Tensor,
+    step: Tensor,
+    qmin: int,
+    qmax: int,
+    grad_x: Tensor,
+    v: Tensor,
+    r: Tensor,
+) -> Tensor:
+    """Write ``d L / d x`` into ``grad_x`` and return ``sum(grad * d out / d step)``
+    reduced to ``step``'s shape; ``v`` and ``r`` are scratch tensors shaped like ``x``.
+
+    ``grad_x = grad`` where the code ``r = round(x / s)`` is in range (an integer against
+    half-integer bounds, so exact); the step term is
+    ``sum(grad_x * (r - v)) + sum((grad - grad_x) * clamp(r))`` (inside, outside).
+    """
+    torch.div(x, step, out=v)
+    torch.round(v, out=r)
+    torch.ops.aten.hardtanh_backward.grad_input(grad, r, qmin - 0.5, qmax + 0.5, grad_input=grad_x)
+    inside = torch.sub(r, v, out=v).mul_(grad_x).sum_to_size(step.shape)
+    r.clamp_(qmin, qmax)
+    outside = torch.sub(grad, grad_x, out=v).mul_(r).sum_to_size(step.shape)
+    return inside.add_(outside)
 
 
 def lsq_fake_quantize(x: Tensor, step: Tensor, qmin: int, qmax: int, grad_factor: float) -> Tensor:
