@@ -28,15 +28,22 @@ def _oracle(x, step, qmin, qmax, grad_factor, per_channel):
 @pytest.mark.parametrize("per_channel", [False, True], ids=["tensor", "channel"])
 @pytest.mark.parametrize(
     ("layout", "chunk"),
-    [(torch.contiguous_format, None), (torch.contiguous_format, 7), (torch.channels_last, None)],
-    ids=["whole", "chunks-of-7", "channels-last"],
+    [
+        (torch.contiguous_format, None),
+        (torch.contiguous_format, 7),
+        (torch.channels_last, None),
+        ("mixed", 7),
+    ],
+    ids=["whole", "chunks-of-7", "channels-last", "channels-last-gradient"],
 )
 def test_lsq_matches_torch_learnable_fake_quant(
     bits, signed, per_channel, layout, chunk, monkeypatch
 ):
     if chunk:  # several chunks, rows (per channel) and columns (per tensor) alike
         monkeypatch.setattr(lsq, "CHUNK_ELEMENTS", chunk)
-    x = (torch.randn(6, 5, 4, 4) * 3).contiguous(memory_format=layout)
+    x = torch.randn(6, 5, 4, 4) * 3
+    if layout != "mixed":
+        x = x.contiguous(memory_format=layout)
     quantizer = LSQQuantizer(bits, signed, 6 if per_channel else None)
     quantizer.initialize(x)
     with torch.no_grad():
@@ -44,6 +51,8 @@ def test_lsq_matches_torch_learnable_fake_quant(
     n = x.numel() // quantizer.step.numel()
     grad_factor = 1.0 / math.sqrt(n * quantizer.qmax)
     dy = torch.randn_like(x)
+    if layout == "mixed":  # a contiguous input with a channels-last gradient
+        dy = dy.contiguous(memory_format=torch.channels_last)
 
     xa = x.clone().requires_grad_()
     ours = quantizer(xa)

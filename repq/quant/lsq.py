@@ -34,7 +34,7 @@ class LSQFunction(torch.autograd.Function):
         ctx.save_for_backward(x, step)
         ctx.bounds = (qmin, qmax, grad_factor)
         out = torch.empty_like(x, dtype=torch.result_type(x, step))
-        for x_part, out_part, step_part in _parts(step, x, out):
+        for x_part, out_part, step_part in _parts(step, _chunkable(step, x, out), x, out):
             torch.div(x_part, step_part, out=out_part).round_().clamp_(qmin, qmax)
             out_part.mul_(step_part)
         return out
@@ -44,10 +44,11 @@ class LSQFunction(torch.autograd.Function):
         x, step = ctx.saved_tensors
         qmin, qmax, grad_factor = ctx.bounds
         grad_x = torch.empty_like(grad)
-        scratch = _scratch(x, step)
+        chunked = _chunkable(step, x, grad, grad_x)
+        scratch = _scratch(x, step, chunked)
         sums = [
             _gradients_into(x_part, g_part, step_part, qmin, qmax, gx_part, *scratch(x_part))
-            for x_part, g_part, gx_part, step_part in _parts(step, x, grad, grad_x)
+            for x_part, g_part, gx_part, step_part in _parts(step, chunked, x, grad, grad_x)
         ]
         grad_step = None
         if ctx.needs_input_grad[1]:
@@ -57,13 +58,16 @@ class LSQFunction(torch.autograd.Function):
 
 
 def _chunkable(step: Tensor, *tensors: Tensor) -> bool:
-    return step.device.type == "cpu" and all(t.is_contiguous() for t in tensors)
+    """Chunk contiguous CPU tensors in eager mode (a compiled graph fuses the passes)."""
+    if torch.compiler.is_compiling() or step.device.type != "cpu":
+        return False
+    return all(t.is_contiguous() for t in tensors)
 
 
-def _parts(step: Tensor, *tensors: Tensor) -> list[tuple[Tensor, ...]]:
-    """``tensors`` with ``step``, whole, or on the CPU in chunks: blocks of rows of the
-    tensors seen as ``[steps, elements per step]`` (of columns for a single step)."""
-    if not _chunkable(step, *tensors):
+def _parts(step: Tensor, chunked: bool, *tensors: Tensor) -> list[tuple[Tensor, ...]]:
+    """``tensors`` with ``step``, whole, or in chunks: blocks of rows of the tensors seen
+    as ``[steps, elements per step]`` (of columns for a single step)."""
+    if not chunked:
         return [(*tensors, step)]
     rows = step.numel()
     flat = [t.view(rows, -1) for t in tensors]
@@ -77,11 +81,11 @@ def _parts(step: Tensor, *tensors: Tensor) -> list[tuple[Tensor, ...]]:
     return [(*(t[b] for t in flat), step2[b]) for b in blocks]
 
 
-def _scratch(x: Tensor, step: Tensor):
+def _scratch(x: Tensor, step: Tensor, chunked: bool):
     """A function giving two scratch tensors shaped like a part of ``x``: views of two
     buffers allocated once when ``x`` is chunked, fresh tensors otherwise."""
     dtype = torch.result_type(x, step)
-    if not _chunkable(step, x):
+    if not chunked:
         return lambda part: (
             torch.empty_like(part, dtype=dtype),
             torch.empty_like(part, dtype=dtype),
