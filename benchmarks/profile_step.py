@@ -1,12 +1,13 @@
 """Where a training step's time goes: a torch.profiler breakdown by the size of the data.
 
-Every aten op's self CPU time over a few steps is put in one of four bins by its inputs:
-``conv`` (convolutions, their backward, linear layers), ``activation`` (an input shaped
-like a batch of feature maps), ``weight`` (an input of at least ``--large`` elements
-that is not a batch: kernels and their gradients) and ``small`` (everything else:
-per-channel vectors and scalars, where the time is per-op overhead). The profiler's own
-overhead inflates the small ops; compare the bins across variants, not with
-``train_step.py``'s times.
+Every aten op's self CPU time over a few steps is put in one bin: ``conv``
+(convolutions, their backward, linear layers), ``quantizer`` (inside a fake quantizer,
+forward or backward: LSQ here, torch.ao's fused observer and fake quantizer), then by
+its inputs: ``activation`` (an input shaped like a batch of feature maps), ``weight``
+(an input of at least ``--large`` elements that is not a batch: kernels, their
+gradients and the optimiser step) and ``small`` (everything else: per-channel vectors
+and scalars, where the time is per-op overhead). The profiler's own overhead inflates
+the small ops; compare the bins across variants, not with ``train_step.py``'s times.
 
     python benchmarks/profile_step.py --models repvgg_a0 --variants merged bnest
 """
@@ -19,18 +20,32 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from torch.autograd.profiler_util import FunctionEvent
 from torch.profiler import ProfilerActivity, profile
 from train_step import VARIANTS, Step, build_variants, models
 
-BINS = ("conv", "activation", "weight", "small")
+BINS = ("conv", "quantizer", "activation", "weight", "small")
 CONV_OPS = ("convolution", "addmm", "aten::mm")
+QUANTIZER_OPS = ("LSQFunction", "fake_quant", "FakeQuant", "FqHelper")
 
 
-def op_bin(name: str, shapes: list[list[int]], batch: int, large: int) -> str:
-    """The bin of one op given its input shapes."""
-    if any(key in name for key in CONV_OPS):
+def _lineage(event: FunctionEvent) -> list[str]:
+    """The names of an event and of every event it runs inside."""
+    names = []
+    while event is not None:
+        names.append(event.name)
+        event = event.cpu_parent
+    return names
+
+
+def op_bin(event: FunctionEvent, batch: int, large: int) -> str:
+    """The bin of one op, from what it runs inside and its input shapes."""
+    names = _lineage(event)
+    if any(key in name for name in names for key in CONV_OPS):
         return "conv"
-    tensors = [s for s in shapes if isinstance(s, list) and s]
+    if any(key in name for name in names for key in QUANTIZER_OPS):
+        return "quantizer"
+    tensors = [s for s in event.input_shapes if isinstance(s, list) and s]
     if any(len(s) == 4 and s[0] == batch for s in tensors):
         return "activation"
     if any(math.prod(s) >= large for s in tensors):
@@ -46,11 +61,11 @@ def breakdown(step: Step, batch: int, steps: int, large: int) -> dict[str, float
             step()
     totals: dict[str, float] = defaultdict(float)
     calls = 0
-    for event in prof.key_averages(group_by_input_shape=True):
-        if not event.key.startswith("aten::"):
+    for event in prof.events():
+        if not event.name.startswith("aten::"):
             continue
-        totals[op_bin(event.key, event.input_shapes, batch, large)] += event.self_cpu_time_total
-        calls += event.count
+        totals[op_bin(event, batch, large)] += event.self_cpu_time_total
+        calls += 1
     result = {b: totals[b] / 1000 / steps for b in BINS}
     result["total"] = sum(result.values())
     result["ops"] = calls / steps
