@@ -68,6 +68,18 @@ def test_lsq_matches_torch_learnable_fake_quant(
     assert torch.allclose(quantizer.step.grad, step.grad, rtol=1e-5, atol=1e-7)
 
 
+def test_an_empty_batch_passes_through_with_a_zero_step_gradient():
+    quantizer = LSQQuantizer(8, False)
+    quantizer(torch.rand(0, 3, 2, 2))  # no statistics: the step waits for real data
+    assert not bool(quantizer.initialized)
+    quantizer(torch.rand(4, 3, 2, 2))
+    x = torch.rand(0, 3, 2, 2, requires_grad=True)
+    out = quantizer(x)
+    out.sum().backward()
+    assert out.shape == x.shape and x.grad.shape == x.shape
+    assert quantizer.step.grad is not None and float(quantizer.step.grad.abs().sum()) == 0.0
+
+
 def test_step_initialisation_follows_lsq():
     w = torch.randn(8, 4, 3, 3)
     q = LSQQuantizer(4, True, 8)

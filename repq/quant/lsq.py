@@ -58,8 +58,9 @@ class LSQFunction(torch.autograd.Function):
 
 
 def _chunkable(step: Tensor, *tensors: Tensor) -> bool:
-    """Chunk contiguous CPU tensors in eager mode (a compiled graph fuses the passes)."""
-    if torch.compiler.is_compiling() or step.device.type != "cpu":
+    """Chunk non-empty contiguous CPU tensors in eager mode (a compiled graph fuses the
+    passes)."""
+    if torch.compiler.is_compiling() or step.device.type != "cpu" or tensors[0].numel() == 0:
         return False
     return all(t.is_contiguous() for t in tensors)
 
@@ -163,7 +164,7 @@ class LSQQuantizer(nn.Module):
         return self.step
 
     def _elements_per_step(self, x: Tensor) -> int:
-        return x.numel() // self.step.numel()
+        return max(1, x.numel() // self.step.numel())
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
@@ -183,7 +184,7 @@ class LSQQuantizer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.enabled:
             return x
-        if not self._ready:
+        if not self._ready and x.numel():  # an empty tensor has no statistics to learn from
             self.initialize(x)
         grad_factor = 1.0 / math.sqrt(self._elements_per_step(x) * self.qmax)
         return lsq_fake_quantize(x, self._shaped_step(x), self.qmin, self.qmax, grad_factor)
