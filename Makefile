@@ -7,7 +7,7 @@ STAMP := $(VENV)/.deps-stamp
 CORES ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint format demo bench clean-demo
+.PHONY: setup test lint format demo bench bench-gpu clean-demo
 
 setup: $(STAMP)
 
@@ -35,6 +35,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py
+
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/train_step.py --device cuda --batch 256 --size 224 --amp \
+		--channels-last --rounds 10 --warmup 3 --tag gpu
+	$(BIN)/python -m pytest tests/test_cuda.py
 
 clean-demo:
 	rm -rf results/mini results/runs results/resume results/logs results/tables results/report.html results/mlflow.db results/mlartifacts results/tracking.ready

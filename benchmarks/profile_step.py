@@ -93,7 +93,7 @@ def main() -> None:
     args = parser.parse_args()
     tables = []
     for name in args.models:
-        factory, shape, loss = models(args.size)[name]
+        factory, shape, loss = models(args.size, args.size)[name]
         variants = build_variants(factory)
         x = torch.randn(args.batch, *shape)
         target = torch.randint(0, 1000, (args.batch,))

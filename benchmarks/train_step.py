@@ -2,15 +2,16 @@
 
 For each model, every variant's training step (forward, backward, optimiser) is timed
 in one process, interleaved (A B C ... A B C ...), and the median is reported with its
-ratio to Merged. Memory is the peak allocated during one step, counting everything live:
-on CUDA ``torch.cuda.max_memory_allocated``; on the CPU (where torch keeps no allocator
-statistics) the bytes live before the step (parameters, buffers, optimiser state, the
-batch) plus the peak of the profiler's allocation events during it. The JSON also keeps
+ratio to Merged. Memory is the peak allocated during one step with the variant's live
+state counted: the bytes live before the step (parameters, buffers, optimiser state, the
+batch) plus the rise of the peak during it, read from ``torch.cuda.max_memory_allocated``
+on CUDA and from the profiler's allocation and free events on the CPU (where torch keeps
+no allocator statistics). The JSON also keeps
 the bytes autograd saves for backward (``saved_bytes``).
 
     python benchmarks/train_step.py                 # CPU, writes benchmarks/results/cpu.*
-    python benchmarks/train_step.py --device cuda --batch 256 --size 224 --amp \
-        --channels-last --tag gpu                   # the GPU throughput run
+    make bench-gpu                                  # the GPU throughput run, then
+                                                    # the CUDA tests
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ from repq.reparam import reparameterize
 VARIANTS = ("float", "float_deploy", "merged", "repq", "bnest", "torch_ao")
 
 
-def models(size: int) -> dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], str]]:
-    """name -> (factory, input shape without batch, loss kind)."""
+def models(
+    size: int, sr_size: int = 64
+) -> dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], str]]:
+    """name -> (factory, input shape without batch, loss kind); ``size`` is the side of
+    the classifiers' images, ``sr_size`` the low-resolution side of ECBSR's patches."""
     return {
         "repvgg_a0": (lambda: create("repvgg_a0", num_classes=1000), (3, size, size), "ce"),
         "orepa_resnet18": (
@@ -45,7 +49,11 @@ def models(size: int) -> dict[str, tuple[Callable[[], nn.Module], tuple[int, ...
             (3, size, size),
             "ce",
         ),
-        "ecbsr_m4c16": (lambda: create("ecbsr", m=4, c=16, scale=2), (1, size, size), "l1"),
+        "ecbsr_m4c16": (
+            lambda: create("ecbsr", m=4, c=16, scale=2),
+            (1, sr_size, sr_size),
+            "l1",
+        ),
     }
 
 
@@ -134,14 +142,20 @@ def cpu_peak_bytes(step: Step) -> int:
     return live + peak
 
 
+def cuda_peak_bytes(step: Step) -> int:
+    """Peak bytes of one step on CUDA: the live state plus the rise of the allocator's
+    peak during the step (the other variants' models share the device)."""
+    step.optimizer.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return live_bytes(step_state(step)) + torch.cuda.max_memory_allocated() - before
+
+
 def peak_memory(step: Step, device: torch.device) -> int:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated()
-    return cpu_peak_bytes(step)
+    return cuda_peak_bytes(step) if device.type == "cuda" else cpu_peak_bytes(step)
 
 
 def timed(step: Step, device: torch.device) -> float:
@@ -154,8 +168,28 @@ def timed(step: Step, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def warm_up(steps: dict[str, Step], rounds: int) -> tuple[dict[str, float], dict[str, str]]:
+    """Run each step ``rounds`` times (compiling where asked); a variant other than Merged
+    that fails (an op without this device or dtype) is dropped and its error kept."""
+    seconds, failed = {}, {}
+    for key, step in list(steps.items()):
+        start = time.perf_counter()
+        try:
+            for _ in range(rounds):
+                step()
+        except RuntimeError as error:
+            if key == "merged":
+                raise
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            failed[key] = f"{type(error).__name__}: {first_line}"[:300].replace("|", "/")
+            del steps[key]
+            continue
+        seconds[key] = time.perf_counter() - start
+    return seconds, failed
+
+
 def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> dict:
-    factory, shape, loss = models(args.size)[name]
+    factory, shape, loss = models(args.size, args.sr_size)[name]
     variants = {k: v.to(device) for k, v in build_variants(factory).items() if k in args.variants}
     x = torch.randn(args.batch, *shape, device=device)
     if name.startswith("ecbsr"):
@@ -169,12 +203,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
     if args.compile:
         variants = {k: torch.compile(v) for k, v in variants.items()}
     steps = {k: Step(m, x, target, loss, args.amp) for k, m in variants.items()}
-    compile_s = {}
-    for key, step in steps.items():
-        start = time.perf_counter()
-        for _ in range(args.warmup):
-            step()
-        compile_s[key] = time.perf_counter() - start
+    compile_s, failed = warm_up(steps, args.warmup)
     times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(args.rounds):
         for key, step in steps.items():
@@ -190,6 +219,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
         "memory_bytes": memory,
         "saved_bytes": saved,
         "warmup_s": compile_s,
+        "failed": failed,
         "time_vs_merged": {k: v / median["merged"] for k, v in median.items()},
         "memory_vs_merged": {k: v / memory["merged"] for k, v in memory.items()},
     }
@@ -211,6 +241,7 @@ def markdown(results: dict) -> str:
                 f"{r['time_vs_merged'][key]:.2f} | {r['memory_bytes'][key] / 2**20:.1f} | "
                 f"{r['memory_vs_merged'][key]:.2f} | {r['saved_bytes'][key] / 2**20:.1f} |"
             )
+        lines += [f"| {key} | failed: {error} | | | | | |" for key, error in r["failed"].items()]
         lines.append("")
     return "\n".join(lines)
 
@@ -234,7 +265,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--size", type=int, default=64, help="input side (LR side for ECBSR)")
+    parser.add_argument("--size", type=int, default=64, help="image side of the classifiers")
+    parser.add_argument("--sr-size", type=int, default=64, help="LR patch side of ECBSR")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
@@ -249,13 +281,23 @@ def main() -> None:
     results = {
         "environment": environment(device),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
-        "models": {name: bench_model(name, args, device) for name in args.models},
+        "models": {},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.tag}.json").write_text(json.dumps(results, indent=2, default=str))
-    table = markdown(results)
-    (args.out / f"{args.tag}.md").write_text(table)
-    print(table)
+    for name in args.models:  # written after every model: a later failure keeps them
+        results["models"][name] = bench_model(name, args, device)
+        write_results(results, args.out, args.tag)
+    print(markdown(results))
+
+
+def write_results(results: dict, out: Path, tag: str) -> None:
+    """``<tag>.json`` and ``<tag>.md`` under ``out``, each replaced atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    texts = {"json": json.dumps(results, indent=2, default=str), "md": markdown(results)}
+    for suffix, text in texts.items():
+        target = out / f"{tag}.{suffix}"
+        partial = target.with_name(target.name + ".partial")
+        partial.write_text(text)
+        partial.replace(target)
 
 
 if __name__ == "__main__":

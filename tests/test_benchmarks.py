@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+from torch import nn
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = ["--models", "ecbsr_m4c16", "--size", "8", "--batch", "2"]
 
@@ -25,7 +29,8 @@ def _run(script: str, *args: str) -> str:
 
 def test_train_step_writes_ratios_to_merged_and_peak_memory(tmp_path):
     variants = ["float_deploy", "merged", "bnest"]
-    _run("train_step.py", "--rounds", "2", "--variants", *variants, "--out", str(tmp_path))
+    args = ["--sr-size", "8", "--rounds", "2", "--variants", *variants, "--out", str(tmp_path)]
+    _run("train_step.py", *args)
     result = json.loads((tmp_path / "cpu.json").read_text())["models"]["ecbsr_m4c16"]
     assert list(result["step_s"]) == variants
     assert result["time_vs_merged"]["merged"] == 1.0
@@ -33,8 +38,10 @@ def test_train_step_writes_ratios_to_merged_and_peak_memory(tmp_path):
     # the peak counts parameters and optimiser state, so it exceeds what autograd saves
     for key in variants:
         assert result["memory_bytes"][key] > result["saved_bytes"][key] > 0
+    assert result["input"] == [1, 8, 8]
     table = (tmp_path / "cpu.md").read_text()
     assert "| bnest |" in table and "memory / Merged" in table
+    assert not list(tmp_path.glob("*.partial"))
 
 
 def test_profile_step_bins_add_up_to_the_total():
@@ -44,3 +51,31 @@ def test_profile_step_bins_add_up_to_the_total():
     conv, quantizer, activation, weight, small, total, ops = cells
     assert abs(conv + quantizer + activation + weight + small - total) < 0.2
     assert conv > 0 and quantizer > 0 and ops > 0
+
+
+class _RefusesDouble(nn.Module):
+    """A real layer that refuses one dtype, as an op without a kernel for it does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float64:
+            raise RuntimeError("no kernel for Double\nsecond line | with a bar")
+        return self.linear(x)
+
+
+def test_a_failing_variant_is_dropped_and_named_but_merged_must_run():
+    sys.path.insert(0, str(BENCHMARKS))
+    from train_step import Step, warm_up
+
+    x, target = torch.randn(2, 4), torch.tensor([0, 2])
+    good = Step(nn.Linear(4, 3), x, target, "ce", False)
+    bad = Step(_RefusesDouble(), x.double(), target, "ce", False)
+    steps = {"merged": good, "torch_ao": bad}
+    seconds, failed = warm_up(steps, 1)
+    assert list(steps) == ["merged"] and list(seconds) == ["merged"]
+    assert failed == {"torch_ao": "RuntimeError: no kernel for Double"}
+    with pytest.raises(RuntimeError, match="no kernel"):
+        warm_up({"merged": bad}, 1)
