@@ -13,15 +13,17 @@ from repq.report.cli import add_report_commands, demo_summary, report
 EPILOG = "Configs are YAML recipes (config/recipes/*.yaml); --set a.b=value overrides a key."
 
 
+def _override_arg(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--set KEY=VALUE`` (repeatable) into ``args.overrides``."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text
+    )
+
+
 def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", type=Path, help="YAML recipe (e.g. config/recipes/ecbsr.yaml)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.epochs=2 (repeatable; YAML values)",
+    _override_arg(
+        parser, "override a config key, e.g. --set train.epochs=2 (repeatable; YAML values)"
     )
     parser.add_argument(
         "--threads", type=int, default=1, help="CPU threads for torch (the job's share)"
@@ -43,14 +45,7 @@ def _add_prepare_data(sub) -> None:
     p.add_argument("--train-per-class", type=int, default=64, help="mini: train images/class")
     p.add_argument("--val-per-class", type=int, default=24, help="mini: val images per class")
     p.add_argument("--image-size", type=int, default=40, help="mini: classification image side")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="check: override a key of the recipe (repeatable)",
-    )
+    _override_arg(p, "check: override a key of the recipe (repeatable)")
 
 
 def _add_train(sub) -> None:
@@ -175,7 +170,8 @@ def _print_precision(config: dict, method: str, bits: int) -> None:
 def _evaluate(args) -> None:
     from repq.engine.evaluate import evaluate
 
-    result = evaluate(load_config(args.config, args.overrides), args.model_file, args.out)
+    config = load_config(args.config, args.overrides)
+    result = evaluate(config, args.model_file, args.out, args.threads)
     print(f"[{result['name']}] {result['metrics']} -> {args.out}")
 
 
@@ -183,14 +179,12 @@ def _tracking_init(args) -> None:
     from repq.tracking import ensure_experiment, resolve_uri
 
     tracking = load_config(args.config, args.overrides).get("tracking", {})
-    uri = resolve_uri(tracking.get("uri"))
-    experiment = ensure_experiment(
-        uri, tracking.get("experiment", "repq"), tracking.get("artifacts")
-    )
+    uri, name = resolve_uri(tracking.get("uri")), tracking.get("experiment", "repq")
+    experiment = ensure_experiment(uri, name, tracking.get("artifacts"))
     if args.marker:
         args.marker.parent.mkdir(parents=True, exist_ok=True)
         args.marker.write_text(f"{uri}\n{experiment}\n")
-    print(f"MLflow experiment {tracking.get('experiment', 'repq')} ({experiment}) at {uri}")
+    print(f"MLflow experiment {name} ({experiment}) at {uri}")
 
 
 COMMANDS = {

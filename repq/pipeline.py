@@ -8,15 +8,23 @@ when ``bnest`` is a method) and ``qat-<method>-<bits>``.
 from __future__ import annotations
 
 import json
+from functools import cache
 from pathlib import Path
 
 import yaml
 
+from repq.engine.build import fp_stage_for
 from repq.models import NORM_FREE
 
 
+@cache
+def _read_recipe(path: str) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
 def _recipe(experiment: dict) -> dict:
-    return yaml.safe_load(Path(experiment["recipe"]).read_text())
+    """An experiment's recipe, read once per process (the Snakefile asks per job)."""
+    return _read_recipe(experiment["recipe"])
 
 
 def task_of(experiment: dict) -> str:
@@ -54,8 +62,8 @@ def stage_args(stage: str) -> str:
 
 
 def init_stage(stage: str) -> str:
-    """The FP stage a QAT stage starts from."""
-    return "fp-bnest" if stage.startswith("qat-bnest-") else "fp"
+    """The FP stage a QAT stage (``qat-<method>-<bits>``) starts from."""
+    return fp_stage_for(stage.split("-")[1])
 
 
 def _quote(text: str) -> str:

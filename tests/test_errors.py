@@ -53,6 +53,22 @@ def test_unreadable_image_is_named(capsys, tmp_path, cls_copy):
     assert f"unreadable image {bad}" in err
 
 
+def test_evaluation_data_leaves_the_training_set_alone(cls_copy):
+    """An evaluation job builds and checks only the validation set: a broken training
+    image fails a training job's start, not an evaluation's."""
+    from repq.config import load_config
+    from repq.data.errors import DataError
+    from repq.engine.tasks import make_task
+
+    bad = sorted((cls_copy / "cls" / "train" / "moon").iterdir())[3]
+    bad.write_bytes(b"not a png at all")
+    overrides = [*cls_overrides(cls_copy), "data.verify_images=true"]
+    config = load_config(RECIPES / "ac_resnet18.yaml", overrides)
+    assert make_task(config, train=False).primary == "top1"
+    with pytest.raises(DataError, match="unreadable image"):
+        make_task(config)
+
+
 def test_wrong_number_of_classes_is_named(capsys, tmp_path, mini_data):
     overrides = cls_overrides(mini_data) + ["model.kwargs.num_classes=10"]
     err = _fp(capsys, tmp_path, "ac_resnet18.yaml", overrides)

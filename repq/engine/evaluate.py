@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from repq.config import flatten
 from repq.engine.build import deploy_form, model_from_file
 from repq.engine.checkpoint import atomic_write
@@ -16,11 +18,9 @@ from repq.tracking import Tracker, run_tags
 def evaluate(config: dict, model_file: Path, out: Path, threads: int = 1) -> dict:
     """Evaluate ``model_file`` (a job's ``model.pt``) on the data of ``config``; write
     ``out`` (JSON) and log one MLflow run. Returns the result."""
-    import torch
-
     torch.set_num_threads(max(1, threads))
     ctx = setup()
-    task = make_task(config)
+    task = make_task(config, train=False)
     tracker = Tracker(config.get("tracking", {}), enabled=ctx.is_main)
     model, content = model_from_file(model_file)
     stage, method, bits = content["stage"], content["method"], content["bits"]

@@ -22,12 +22,13 @@ from repq.engine.metrics import psnr_y, ssim_y, top1_correct
 
 
 class Task(ABC):
-    """Data, loss and evaluation of one kind of experiment."""
+    """Data, loss and evaluation of one kind of experiment. With ``train=False`` (an
+    evaluation job) the training set is neither built nor checked."""
 
     select: str
     primary: str
 
-    def __init__(self, config: dict) -> None:
+    def __init__(self, config: dict, train: bool = True) -> None:
         self.config = config
         self.data = config["data"]
 
@@ -53,19 +54,18 @@ class Task(ABC):
 class ClassificationTask(Task):
     select, primary = "best", "top1"
 
-    def __init__(self, config: dict) -> None:
-        super().__init__(config)
+    def __init__(self, config: dict, train: bool = True) -> None:
+        super().__init__(config, train)
         root = Path(self.data.get("root", ""))
-        self._train = self._folder(root / "train", True)  # checked when built
+        self._train = self._folder(root / "train", True) if train else None  # checked
         self._val = self._folder(root / "val", False)
-        classes, val_classes = self._train.classes, self._val.classes
-        if val_classes != classes:
-            raise DataError(f"{root}/val has classes {val_classes}, train has {classes}")
+        classes = self._val.classes
+        if self._train is not None and self._train.classes != classes:
+            raise DataError(f"{root}/val has classes {classes}, train has {self._train.classes}")
         expected = config["model"].get("kwargs", {}).get("num_classes", 1000)
         if expected != len(classes):
             raise DataError(
-                f"model.kwargs.num_classes is {expected} "
-                f"but {root}/train has {len(classes)} classes"
+                f"model.kwargs.num_classes is {expected} but {root}/val has {len(classes)} classes"
             )
 
     def _folder(self, root: Path, train: bool):
@@ -104,8 +104,8 @@ class ClassificationTask(Task):
 class SuperResTask(Task):
     select = "last"
 
-    def __init__(self, config: dict) -> None:
-        super().__init__(config)
+    def __init__(self, config: dict, train: bool = True) -> None:
+        super().__init__(config, train)
         if not self.data.get("test"):
             raise DataError("data.test names no super-resolution test set")
         self.scale = self.data.get("scale", 2)
@@ -113,7 +113,11 @@ class SuperResTask(Task):
         if model_scale != self.scale:
             raise DataError(f"data.scale is {self.scale} but model.kwargs.scale is {model_scale}")
         verify = self.data.get("verify_images", True)
-        self._train = SRTrainSet(self.data.get("train", ""), self.scale, self.data["patch"], verify)
+        self._train = (
+            SRTrainSet(self.data.get("train", ""), self.scale, self.data["patch"], verify)
+            if train
+            else None
+        )
         self._tests = {
             name: SRTestSet(path, self.scale, verify) for name, path in self.data["test"].items()
         }
@@ -143,8 +147,8 @@ class SuperResTask(Task):
         return metrics
 
 
-def make_task(config: dict) -> Task:
-    """The task a config describes (its data checked at once)."""
-    return (
-        ClassificationTask(config) if config["task"] == "classification" else SuperResTask(config)
-    )
+def make_task(config: dict, train: bool = True) -> Task:
+    """The task a config describes (its data checked at once; the training set only
+    when ``train``)."""
+    kind = ClassificationTask if config["task"] == "classification" else SuperResTask
+    return kind(config, train)

@@ -9,6 +9,7 @@ whose run does not exist says ``no run``; RepQ-BNest on a model without BN says
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,15 +171,21 @@ def _format(value: object, column: str) -> str:
     return f"{value:.4f}" if column.endswith("SSIM") else f"{value:.2f}"
 
 
-def to_markdown(table: pd.DataFrame, kind: str) -> str:
-    bold = _bold_cells(table, kind)
-    header = "| " + " | ".join(table.columns) + " |"
-    lines = [header, "|" + "---|" * len(table.columns)]
+def _cells(
+    table: pd.DataFrame, kind: str, escape: Callable[[str], str], bold: Callable[[str], str]
+) -> list[list[str]]:
+    """Each row's formatted cells, escaped, the best results wrapped by ``bold``."""
+    best = _bold_cells(table, kind)
+    rows = []
     for index, row in table.iterrows():
-        cells = []
-        for column in table.columns:
-            text = _format(row[column], column)
-            cells.append(f"**{text}**" if (index, column) in bold else text)
+        texts = {column: escape(_format(row[column], column)) for column in table.columns}
+        rows.append([bold(t) if (index, c) in best else t for c, t in texts.items()])
+    return rows
+
+
+def to_markdown(table: pd.DataFrame, kind: str) -> str:
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    for cells in _cells(table, kind, str, lambda text: f"**{text}**"):
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -189,7 +196,6 @@ def _latex_escape(text: str) -> str:
 
 def to_latex(table: pd.DataFrame, kind: str) -> str:
     """A booktabs table (``\\toprule``, ``\\midrule``, ``\\bottomrule``)."""
-    bold = _bold_cells(table, kind)
     spec = "l" + "r" * (len(table.columns) - 1)
     lines = [
         rf"\begin{{tabular}}{{{spec}}}",
@@ -197,11 +203,7 @@ def to_latex(table: pd.DataFrame, kind: str) -> str:
         " & ".join(_latex_escape(c) for c in table.columns) + r" \\",
         r"\midrule",
     ]
-    for index, row in table.iterrows():
-        cells = []
-        for column in table.columns:
-            text = _latex_escape(_format(row[column], column))
-            cells.append(rf"\textbf{{{text}}}" if (index, column) in bold else text)
+    for cells in _cells(table, kind, _latex_escape, lambda text: rf"\textbf{{{text}}}"):
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
