@@ -1,14 +1,20 @@
-"""The ``repq`` command line: every job of the workflow is one of these commands."""
+"""The ``repq`` command line: every job of the workflow is one of these commands.
+
+Stages, methods and bit widths come from :mod:`repq.vocab`; every clear error
+(:class:`repq.errors.RepqError`) ends a command with one line and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
 
-from repq.config import ConfigError, load_config
-from repq.report.cli import add_report_commands, demo_summary, report
+from repq.config import load_config
+from repq.errors import ConfigError, RepqError
+from repq.vocab import Stage, stage_names
 
 EPILOG = "Configs are YAML recipes (config/recipes/*.yaml); --set a.b=value overrides a key."
 
@@ -30,7 +36,19 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _tracking_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite results/mlflow.db)",
+    )
+    parser.add_argument(
+        "--experiment", help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else repq)"
+    )
+
+
 def _add_prepare_data(sub) -> None:
+    from repq.data.mini import MiniSpec
+
     p = sub.add_parser(
         "prepare-data",
         help="write the embedded mini benchmark, or check a real dataset",
@@ -41,26 +59,30 @@ def _add_prepare_data(sub) -> None:
     mode.add_argument("--mini", action="store_true", help="write the mini benchmark")
     mode.add_argument("--check", type=Path, metavar="CONFIG", help="check a recipe's data")
     p.add_argument("--out", type=Path, default=Path("results/mini"), help="mini: output folder")
-    p.add_argument("--seed", type=int, default=0, help="mini: seed of every random choice")
-    p.add_argument("--train-per-class", type=int, default=64, help="mini: train images/class")
-    p.add_argument("--val-per-class", type=int, default=24, help="mini: val images per class")
-    p.add_argument("--image-size", type=int, default=40, help="mini: classification image side")
+    for spec in dataclasses.fields(MiniSpec):
+        option = "--" + spec.name.replace("_", "-")
+        help_text = f"mini: {spec.metadata['help']}"
+        p.add_argument(option, type=int, default=spec.default, help=help_text)
     _override_arg(p, "check: override a key of the recipe (repeatable)")
 
 
 def _add_train(sub) -> None:
     p = sub.add_parser(
         "train",
-        help="train FP, FP-BNest or QAT",
-        description="Train one model. Outputs in --out: model.pt, deploy.pt, metrics.json, "
-        "history.csv, precision.tsv, config.json. Started again with the same command, "
-        "a killed job resumes from its last epoch checkpoint.",
+        help="train an FP stage or QAT",
+        description="Train one stage. Outputs in --out: model.pt, deploy.pt, metrics.json, "
+        "history.csv, curve.png, precision.tsv, config.json. Started again with the same "
+        "command, a killed job resumes from its last epoch checkpoint.",
         epilog=EPILOG,
     )
     _config_args(p)
-    p.add_argument("--stage", choices=["fp", "fp-bnest", "qat"], required=True, help="stage")
-    p.add_argument("--method", choices=["merged", "repq", "bnest"], help="QAT method")
-    p.add_argument("--bits", type=int, choices=[8, 4], help="QAT bit width")
+    p.add_argument(
+        "--stage",
+        choices=stage_names(),
+        required=True,
+        metavar="STAGE",
+        help=f"one of {', '.join(stage_names())}",
+    )
     p.add_argument("--init", type=Path, help="QAT: the FP (or FP-BNest) model.pt to start from")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument(
@@ -74,14 +96,15 @@ def _add_train(sub) -> None:
 def _add_evaluate(sub) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="evaluate a trained model's deploy form",
-        description="Evaluate the deploy form of a training job's model.pt on the "
-        "validation set (top-1) or every super-resolution test set (PSNR/SSIM on Y).",
+        help="evaluate trained models' deploy forms",
+        description="Evaluate the deploy form of one or more training jobs' model.pt on the "
+        "validation set (top-1) or every super-resolution test set (PSNR/SSIM on Y), "
+        "building the data once; write every result into one JSON file.",
         epilog=EPILOG,
     )
     _config_args(p)
-    p.add_argument("--model-file", type=Path, required=True, help="a training job's model.pt")
-    p.add_argument("--out", type=Path, required=True, help="metrics JSON to write")
+    p.add_argument("model_files", nargs="+", type=Path, help="training jobs' model.pt files")
+    p.add_argument("--out", type=Path, required=True, help="results JSON to write")
 
 
 def _add_precision(sub) -> None:
@@ -89,12 +112,17 @@ def _add_precision(sub) -> None:
         "precision",
         help="print the per-layer precision of a QAT model",
         description="Print layer, weight bits, input bits and signedness of every quantized "
-        "layer that `repq train --stage qat` would train.",
+        "layer that `repq train --stage qat-<method>-<bits>` would train.",
         epilog=EPILOG,
     )
     _config_args(p)
-    p.add_argument("--method", choices=["merged", "repq", "bnest"], required=True, help="method")
-    p.add_argument("--bits", type=int, choices=[8, 4], required=True, help="QAT bit width")
+    p.add_argument(
+        "--stage",
+        choices=stage_names(qat_only=True),
+        required=True,
+        metavar="STAGE",
+        help=f"one of {', '.join(stage_names(qat_only=True))}",
+    )
 
 
 def _add_tracking_init(sub) -> None:
@@ -103,100 +131,150 @@ def _add_tracking_init(sub) -> None:
         help="create the MLflow store and experiment once",
         description="Create the tracking database (SQLite by default) and the experiment "
         "before parallel jobs start, and write a marker file.",
-        epilog=EPILOG,
     )
-    _config_args(p)
+    _tracking_args(p)
+    p.add_argument(
+        "--artifacts", help="artifact folder (default: beside a SQLite store; a server's own)"
+    )
     p.add_argument("--marker", type=Path, help="file to write when done")
 
 
+def _add_report(sub) -> None:
+    report = sub.add_parser("report", help="the paper's tables and figures")
+    commands = report.add_subparsers(dest="report_command", required=True)
+    tables = commands.add_parser(
+        "tables",
+        help="the paper's tables and the drop figure from every eval.json",
+        description="Write one table per task (CSV, Markdown, LaTeX) and drop.png/svg into "
+        "--out, and log them to one MLflow run.",
+    )
+    tables.add_argument("--runs", type=Path, required=True, help="results/runs")
+    tables.add_argument("--out", type=Path, required=True, help="results/tables")
+    _tracking_args(tables)
+
+
+def _add_demo_summary(sub) -> None:
+    summary = sub.add_parser("demo-summary", help="say where the demo's outputs are")
+    summary.add_argument(
+        "--results", type=Path, default=Path("results"), help="the workflow's results folder"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="repq", description=__doc__)
+    parser = argparse.ArgumentParser(prog="repq", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_prepare_data, _add_train, _add_evaluate, _add_precision, _add_tracking_init):
+    for add in (
+        _add_prepare_data,
+        _add_train,
+        _add_evaluate,
+        _add_precision,
+        _add_tracking_init,
+        _add_report,
+        _add_demo_summary,
+    ):
         add(sub)
-    add_report_commands(sub)
     return parser
 
 
-def _prepare_data(args) -> None:
+def _prepare_data(args: argparse.Namespace) -> None:
     if args.mini:
-        from repq.data.mini import write_mini
+        from repq.data.mini import MiniSpec, write_mini
 
-        manifest = write_mini(
-            args.out, args.seed, args.train_per_class, args.val_per_class, args.image_size
-        )
+        names = [f.name for f in dataclasses.fields(MiniSpec)]
+        manifest = write_mini(args.out, MiniSpec(**{n: getattr(args, n) for n in names}))
         print(f"mini benchmark written to {args.out}: {manifest['classification']}")
         return
     from repq.engine.tasks import make_task
 
-    config = load_config(args.check, args.overrides)
-    make_task(config)
+    make_task(load_config(args.check, args.overrides))
     print(f"data of {args.check} checked")
 
 
-def _train(args) -> None:
+def _train(args: argparse.Namespace) -> None:
     from repq.engine.trainer import Job, train
 
-    if args.stage == "qat" and (args.method is None or args.bits is None or args.init is None):
-        raise ConfigError("--stage qat needs --method, --bits and --init")
-    if args.stage != "qat" and (args.method or args.bits):
-        raise ConfigError("--method and --bits apply to --stage qat only")
+    stage = Stage.parse(args.stage)
+    if stage.is_qat and args.init is None:
+        raise ConfigError(f"--stage {stage} needs --init (the {stage.init} model.pt)")
+    if not stage.is_qat and args.init is not None:
+        raise ConfigError(f"--init applies to QAT stages only, not {stage}")
     config = load_config(args.config, args.overrides)
-    if args.print_precision and args.stage == "qat":
-        _print_precision(config, args.method, args.bits)
-    job = Job(
-        config,
-        args.stage,
-        args.out,
-        args.method,
-        args.bits,
-        args.init,
-        args.resume_dir,
-        args.threads,
-    )
+    if args.print_precision and stage.is_qat:
+        _print_precision(config, stage)
+    job = Job(config, stage, args.out, args.init, args.resume_dir, args.threads)
     result = train(job)
     if result:
         print(f"[{job.name}] done: {result['metrics']} -> {args.out}")
 
 
-def _print_precision(config: dict, method: str, bits: int) -> None:
+def _print_precision(config: dict, stage: Stage) -> None:
     from repq.engine.build import build_model
-    from repq.engine.trainer import precision_tsv
+    from repq.qat import precision_tsv
 
-    print(precision_tsv(build_model(config, "qat", method, bits)), end="")
+    print(precision_tsv(build_model(config, stage)), end="")
 
 
-def _evaluate(args) -> None:
+def _precision(args: argparse.Namespace) -> None:
+    _print_precision(load_config(args.config, args.overrides), Stage.parse(args.stage))
+
+
+def _evaluate(args: argparse.Namespace) -> None:
     from repq.engine.evaluate import evaluate
 
     config = load_config(args.config, args.overrides)
-    result = evaluate(config, args.model_file, args.out, args.threads)
-    print(f"[{result['name']}] {result['metrics']} -> {args.out}")
+    for result in evaluate(config, args.model_files, args.out, args.threads)["results"]:
+        print(f"[{result['name']}] {result['metrics']}")
+    print(f"-> {args.out}")
 
 
-def _tracking_init(args) -> None:
-    from repq.tracking import ensure_experiment, resolve_uri
+def _tracking_init(args: argparse.Namespace) -> None:
+    from repq.tracking import ensure_experiment, resolve_experiment, resolve_uri
 
-    tracking = load_config(args.config, args.overrides).get("tracking", {})
-    uri, name = resolve_uri(tracking.get("uri")), tracking.get("experiment", "repq")
-    experiment = ensure_experiment(uri, name, tracking.get("artifacts"))
+    uri, name = resolve_uri(args.tracking_uri), resolve_experiment(args.experiment)
+    experiment = ensure_experiment(uri, name, args.artifacts)
     if args.marker:
         args.marker.parent.mkdir(parents=True, exist_ok=True)
         args.marker.write_text(f"{uri}\n{experiment}\n")
     print(f"MLflow experiment {name} ({experiment}) at {uri}")
 
 
+def _report(args: argparse.Namespace) -> None:
+    from repq.report.figures import drop_figure
+    from repq.report.tables import write_tables
+    from repq.tracking import Tracker, git_commit
+
+    tables = write_tables(args.runs, args.out)
+    drop_figure(tables, args.out / "drop")
+    tracker = Tracker({"uri": args.tracking_uri, "experiment": args.experiment})
+    tracker.start("report", {"job": "report", "git_commit": git_commit()}, {})
+    for path in sorted(args.out.glob("*.*")):
+        tracker.log_artifact(path)
+    tracker.finish()
+    print(f"tables and figures written to {args.out}")
+
+
+def _demo_summary(args: argparse.Namespace) -> None:
+    from repq.tracking import sqlite_uri
+
+    results = args.results.resolve()
+    tables = results / "tables"
+    print("\nrepq demo finished.")
+    for path in sorted(tables.glob("*.md")):
+        print(f"\n{path}:\n{path.read_text()}")
+    print(f"tables and figures: {tables}")
+    print(f"HTML report:        {results / 'report.html'}")
+    print(f"MLflow UI:          mlflow ui --backend-store-uri {sqlite_uri(results / 'mlflow.db')}")
+
+
 COMMANDS = {
     "prepare-data": _prepare_data,
     "train": _train,
     "evaluate": _evaluate,
+    "precision": _precision,
     "tracking-init": _tracking_init,
-    "report": report,
-    "demo-summary": demo_summary,
-    "precision": lambda args: _print_precision(
-        load_config(args.config, args.overrides), args.method, args.bits
-    ),
+    "report": _report,
+    "demo-summary": _demo_summary,
 }
 
 
@@ -205,15 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
     )
-    from repq.data.errors import DataError
-    from repq.engine.checkpoint import CheckpointError
-    from repq.engine.errors import TrainingDiverged
-    from repq.tracking import TrackingError
-
-    handler = COMMANDS[args.command]
     try:
-        handler(args)
-    except (ConfigError, DataError, CheckpointError, TrainingDiverged, TrackingError) as err:
+        COMMANDS[args.command](args)
+    except RepqError as err:
         print(f"repq {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

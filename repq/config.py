@@ -12,9 +12,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration file or override is wrong; the message names the key."""
+from repq.errors import ConfigError
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:

@@ -1,20 +1,21 @@
-"""Planning of the workflow's jobs from its config (used by the Snakefile).
+"""Planning of the workflow's jobs from its config (used by the Snakefile; torch-free).
 
 An *experiment* is one architecture at one setting (``ecbsr_x2``, ``repvgg_a0``...): a
-Table S1 recipe plus overrides. Its *stages* are ``fp``, ``fp-bnest`` (models with BN,
-when ``bnest`` is a method) and ``qat-<method>-<bits>``.
+Table S1 recipe plus overrides. Its stages come from :func:`repq.vocab.stages`.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 
 import yaml
 
-from repq.engine.build import fp_stage_for
-from repq.models import NORM_FREE
+from repq import vocab
+from repq.tracking.mlflow_tracker import sqlite_uri
 
 
 @cache
@@ -28,24 +29,19 @@ def _recipe(experiment: dict) -> dict:
 
 
 def task_of(experiment: dict) -> str:
-    """``classification`` or ``superres``, from the experiment's recipe."""
+    """The task of an experiment (``classification``, ``superres``), from its recipe."""
     return _recipe(experiment)["task"]
 
 
-def has_norm(experiment: dict) -> bool:
-    """Whether the architecture has BN (RepQ-BNest applies only then)."""
-    return _recipe(experiment)["model"]["name"] not in NORM_FREE
+def tasks(config: dict) -> list[str]:
+    """The tasks of the configured experiments (the report writes one table each)."""
+    return list(dict.fromkeys(task_of(e) for e in config["experiments"].values()))
 
 
 def stages(config: dict, name: str) -> list[str]:
-    """Every training stage of an experiment, FP first."""
-    experiment = config["experiments"][name]
-    methods = [m for m in config["methods"] if m != "bnest" or has_norm(experiment)]
-    result = ["fp"]
-    if "bnest" in methods:
-        result.append("fp-bnest")
-    result += [f"qat-{m}-{b}" for b in config["bits"] for m in methods]
-    return result
+    """Every training stage of an experiment, FP stages first."""
+    architecture = _recipe(config["experiments"][name])["model"]["name"]
+    return [str(s) for s in vocab.stages(architecture, config["methods"], config["bits"])]
 
 
 def all_stages(config: dict) -> list[tuple[str, str]]:
@@ -53,45 +49,50 @@ def all_stages(config: dict) -> list[tuple[str, str]]:
     return [(name, stage) for name in config["experiments"] for stage in stages(config, name)]
 
 
-def stage_args(stage: str) -> str:
-    """The ``repq train`` arguments of a stage (without ``--init``)."""
-    if not stage.startswith("qat-"):
-        return f"--stage {stage}"
-    _, method, bits = stage.split("-")
-    return f"--stage qat --method {method} --bits {bits}"
-
-
-def init_stage(stage: str) -> str:
-    """The FP stage a QAT stage (``qat-<method>-<bits>``) starts from."""
-    return fp_stage_for(stage.split("-")[1])
+def init_stage(stage: str) -> str | None:
+    """The FP stage a QAT stage starts from; ``None`` for an FP stage."""
+    init = vocab.Stage.parse(stage).init
+    return None if init is None else str(init)
 
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
-def _tracking(config: dict) -> dict:
-    return {f"tracking.{k}": v for k, v in config.get("tracking", {}).items() if v is not None}
-
-
 def overrides(config: dict, name: str) -> dict:
-    """Dotted-key overrides of an experiment: its task's shared overrides, then its own,
-    then the tracking settings."""
+    """Dotted-key overrides of an experiment: its task's shared overrides, then its own."""
     experiment = config["experiments"][name]
     shared = config.get(f"{task_of(experiment)}_overrides", {})
-    return {**shared, **experiment.get("overrides", {}), **_tracking(config)}
-
-
-def _set_args(values: dict) -> str:
-    """Shell-quoted ``--set key=value`` arguments (JSON values, which YAML reads back)."""
-    return " ".join(f"--set {_quote(f'{k}={json.dumps(v)}')}" for k, v in values.items())
+    return {**shared, **experiment.get("overrides", {})}
 
 
 def set_args(config: dict, name: str) -> str:
-    """The ``--set`` arguments of an experiment's jobs."""
-    return _set_args(overrides(config, name))
+    """Shell-quoted ``--set key=value`` arguments of an experiment's jobs (JSON values,
+    which YAML reads back)."""
+    values = overrides(config, name)
+    return " ".join(f"--set {_quote(f'{k}={json.dumps(v)}')}" for k, v in values.items())
 
 
-def tracking_args(config: dict) -> str:
-    """The ``--set`` arguments of the tracking settings alone."""
-    return _set_args(_tracking(config))
+def mini_args(mini: Mapping) -> str:
+    """``repq prepare-data --mini`` options for the ``mini:`` keys that are set (the
+    others keep the defaults of :class:`repq.data.mini.MiniSpec`)."""
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in mini.items() if k != "out")
+
+
+def tracking_env(config: dict, environ: Mapping[str, str], results: str) -> dict[str, str]:
+    """The MLflow environment of every job: the config's ``tracking`` keys, else the
+    caller's environment, else a SQLite store in the ``results`` folder. Jobs inherit
+    it (also under SLURM), so where they log is not a parameter that reruns them."""
+    tracking = config.get("tracking", {})
+    default_store = sqlite_uri(Path(results, "mlflow.db"))
+    uri = tracking.get("uri") or environ.get("MLFLOW_TRACKING_URI") or default_store
+    env = {"MLFLOW_TRACKING_URI": uri}
+    if tracking.get("experiment"):
+        env["MLFLOW_EXPERIMENT_NAME"] = tracking["experiment"]
+    return env
+
+
+def artifacts_arg(config: dict) -> str:
+    """``--artifacts`` of ``repq tracking-init`` when the config names a folder."""
+    folder = config.get("tracking", {}).get("artifacts")
+    return f"--artifacts {_quote(os.fspath(folder))}" if folder else ""

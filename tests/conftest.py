@@ -42,10 +42,10 @@ RECIPES = Path(__file__).resolve().parents[1] / "config" / "recipes"
 @pytest.fixture(scope="session")
 def mini_data(tmp_path_factory) -> Path:
     """A small mini benchmark on disk (real PNG files), shared by the session."""
-    from repq.data.mini import write_mini
+    from repq.data.mini import MiniSpec, write_mini
 
     root = tmp_path_factory.mktemp("data") / "mini"
-    write_mini(root, seed=0, train_per_class=24, val_per_class=4, image_size=32)
+    write_mini(root, MiniSpec(train_per_class=24, val_per_class=4, image_size=32))
     return root
 
 

@@ -29,20 +29,11 @@ def _train(recipe: str, overrides: list[str], out: Path, *extra: str) -> dict:
 
 
 def _evaluate(recipe: str, overrides: list[str], run: Path) -> dict:
-    out = run / "eval.json"
-    code = main(
-        [
-            "evaluate",
-            str(RECIPES / recipe),
-            "--model-file",
-            str(run / "model.pt"),
-            "--out",
-            str(out),
-        ]
-        + as_args(overrides)
-    )
-    assert code == 0
-    return json.loads(out.read_text())
+    out = run / "evaluation.json"
+    args = ["evaluate", str(RECIPES / recipe), str(run / "model.pt"), "--out", str(out)]
+    assert main(args + as_args(overrides)) == 0
+    (result,) = json.loads(out.read_text())["results"]
+    return result
 
 
 def _chain(recipe: str, overrides: list[str], tmp: Path, methods: list[str]) -> dict:
@@ -52,7 +43,7 @@ def _chain(recipe: str, overrides: list[str], tmp: Path, methods: list[str]) -> 
     for method in methods:
         init = tmp / ("fpb" if method == "bnest" else "fp") / "model.pt"
         out = tmp / method
-        qat = ("--stage", "qat", "--method", method, "--bits", "4", "--init", str(init))
+        qat = ("--stage", f"qat-{method}-4", "--init", str(init))
         results[method] = _train(recipe, overrides, out, *qat)
         evaluated = _evaluate(recipe, overrides, out)
         assert evaluated["metrics"] == pytest.approx(results[method]["metrics"])

@@ -57,8 +57,8 @@ def test_evaluation_data_leaves_the_training_set_alone(cls_copy):
     """An evaluation job builds and checks only the validation set: a broken training
     image fails a training job's start, not an evaluation's."""
     from repq.config import load_config
-    from repq.data.errors import DataError
     from repq.engine.tasks import make_task
+    from repq.errors import DataError
 
     bad = sorted((cls_copy / "cls" / "train" / "moon").iterdir())[3]
     bad.write_bytes(b"not a png at all")
@@ -106,7 +106,7 @@ def _trained(tmp_path, overrides) -> dict:
 
 
 def _qat(capsys, overrides, init, tmp_path, method="repq"):
-    args = ["--stage", "qat", "--method", method, "--bits", "4", "--init", str(init)]
+    args = ["--stage", f"qat-{method}-4", "--init", str(init)]
     return _run(capsys, "ecbsr.yaml", overrides, *args, "--out", str(tmp_path / "qat"))
 
 
@@ -159,5 +159,5 @@ def test_unreachable_tracking_server_fails_at_start_up(capsys, tmp_path, mini_da
 
 
 def test_qat_needs_its_init(capsys, tmp_path, mini_data):
-    args = ["--stage", "qat", "--method", "repq", "--bits", "4", "--out", str(tmp_path)]
+    args = ["--stage", "qat-repq-4", "--out", str(tmp_path)]
     assert "--init" in _run(capsys, "ecbsr.yaml", sr_overrides(mini_data), *args)

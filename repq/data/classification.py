@@ -7,8 +7,8 @@ from pathlib import Path
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
-from repq.data.errors import DataError
 from repq.data.images import check_readable, list_images, load_rgb, require_dir
+from repq.errors import DataError
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

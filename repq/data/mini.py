@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import skimage.data
 from PIL import Image
 
 CLASS_IMAGES = (
@@ -42,8 +42,24 @@ SR_TEST_SETS = {
 TILES = 4
 
 
+@dataclass(frozen=True)
+class MiniSpec:
+    """The sizes of the mini benchmark: the one place its defaults live (the command
+    line's options and the workflow's ``mini:`` keys are these fields)."""
+
+    seed: int = field(default=0, metadata={"help": "seed of every random choice"})
+    train_per_class: int = field(default=64, metadata={"help": "training images per class"})
+    val_per_class: int = field(default=24, metadata={"help": "validation images per class"})
+    image_size: int = field(default=40, metadata={"help": "side of a classification image"})
+    sr_train_crops: int = field(default=4, metadata={"help": "SR training crops per image"})
+    sr_train_size: int = field(default=96, metadata={"help": "side of an SR training crop"})
+    sr_test_size: int = field(default=72, metadata={"help": "side of an SR test image"})
+
+
 def source_rgb(name: str) -> np.ndarray:
     """A bundled skimage image as an RGB uint8 array."""
+    import skimage.data  # only when the benchmark is written
+
     image = np.asarray(getattr(skimage.data, name)())
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
@@ -129,28 +145,21 @@ def write_superres(root: Path, seed: int, train_crops: int, train_size: int, tes
     }
 
 
-def write_mini(
-    root: str | Path,
-    seed: int = 0,
-    train_per_class: int = 64,
-    val_per_class: int = 24,
-    image_size: int = 40,
-    sr_train_crops: int = 4,
-    sr_train_size: int = 96,
-    sr_test_size: int = 72,
-) -> dict[str, object]:
+def write_mini(root: str | Path, spec: MiniSpec | None = None) -> dict[str, object]:
     """Write the whole mini benchmark under ``root`` atomically (into a temporary sibling
     folder, renamed when complete); returns (and saves) its manifest."""
+    spec = spec or MiniSpec()
     final = Path(root)
     root = final.with_name(f".{final.name}.partial")
     shutil.rmtree(root, ignore_errors=True)
+    per_class = {"train": spec.train_per_class, "val": spec.val_per_class}
     manifest = {
-        "seed": seed,
+        "spec": asdict(spec),
         "classes": list(CLASS_IMAGES),
-        "classification": write_classification(
-            root / "cls", seed, {"train": train_per_class, "val": val_per_class}, image_size
+        "classification": write_classification(root / "cls", spec.seed, per_class, spec.image_size),
+        "superres": write_superres(
+            root / "sr", spec.seed, spec.sr_train_crops, spec.sr_train_size, spec.sr_test_size
         ),
-        "superres": write_superres(root / "sr", seed, sr_train_crops, sr_train_size, sr_test_size),
     }
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
     shutil.rmtree(final, ignore_errors=True)

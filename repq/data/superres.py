@@ -10,6 +10,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from repq.data.images import check_readable, list_images, load_y, require_dir
+from repq.errors import ConfigError, DataError
 
 
 def bicubic_downscale(hr: np.ndarray, scale: int) -> np.ndarray:
@@ -36,7 +37,7 @@ class SRTrainSet(Dataset):
 
     def __init__(self, root: str | Path, scale: int, patch: int, verify_images: bool = True):
         if patch % scale:
-            raise ValueError(f"patch size {patch} is not a multiple of scale {scale}")
+            raise ConfigError(f"data.patch {patch} is not a multiple of data.scale {scale}")
         self.files = list_images(require_dir(root, "super-resolution training set"))
         if verify_images:
             check_readable(self.files)
@@ -48,7 +49,7 @@ class SRTrainSet(Dataset):
     def _crop(self, hr: np.ndarray, rng: np.random.Generator, path: Path) -> np.ndarray:
         height, width = hr.shape
         if height < self.patch or width < self.patch:
-            raise ValueError(f"{path} ({width}x{height}) is smaller than the {self.patch} patch")
+            raise DataError(f"{path} ({width}x{height}) is smaller than the {self.patch} patch")
         top = int(rng.integers(0, (height - self.patch) // self.scale + 1)) * self.scale
         left = int(rng.integers(0, (width - self.patch) // self.scale + 1)) * self.scale
         return hr[top : top + self.patch, left : left + self.patch]

@@ -1,4 +1,4 @@
-"""Building the model of a job: FP, FP-BNest, or QAT from an FP checkpoint."""
+"""Building the model of a job: an FP stage's float model, or QAT from an FP checkpoint."""
 
 from __future__ import annotations
 
@@ -6,67 +6,52 @@ from pathlib import Path
 
 from torch import nn
 
-from repq.engine.checkpoint import CheckpointError, load_checkpoint, load_state
+from repq.engine.checkpoint import load_checkpoint, load_state
+from repq.errors import CheckpointError
 from repq.models import create
-from repq.qat import bnest_fp, prepare, to_deploy
+from repq.qat import fp_form, prepare, to_deploy
 from repq.reparam import reparameterize
-
-STAGES = ("fp", "fp-bnest", "qat")
-
-
-def fp_stage_for(method: str) -> str:
-    """The FP stage a QAT method starts from (RepQ-BNest has its own FP model)."""
-    return "fp-bnest" if method == "bnest" else "fp"
+from repq.vocab import Stage
 
 
-def float_model(config: dict, bnest: bool) -> nn.Module:
-    """The float model of a config, with BN-estimation layers if ``bnest``."""
+def float_model(config: dict, fp_stage: str) -> nn.Module:
+    """The float model of a config in the form of ``fp_stage`` (``fp``, ``fp-bnest``)."""
     model = create(config["model"]["name"], **config["model"].get("kwargs", {}))
-    if bnest:
-        bnest_fp(model, config["model"].get("bnest_keep_bn"))
-    return model
+    return fp_form(model, fp_stage, config["model"].get("bnest_keep_bn"))
 
 
-def load_init(model: nn.Module, init: str | Path, method: str) -> None:
-    """Load an FP checkpoint into the float model a QAT job starts from."""
+def load_init(model: nn.Module, init: str | Path, stage: Stage) -> None:
+    """Load the FP checkpoint a QAT stage starts from into its float model."""
     content = load_checkpoint(init, "model")
-    expected = fp_stage_for(method)
+    expected = str(stage.init)
     if content["stage"] != expected:
         raise CheckpointError(
-            f"QAT with {method!r} starts from a {expected!r} checkpoint; "
-            f"{init} is {content['stage']!r}"
+            f"{stage} starts from a {expected!r} checkpoint; {init} is {content['stage']!r}"
         )
     load_state(model, content["model"], str(init))
 
 
-def build_model(
-    config: dict,
-    stage: str,
-    method: str | None = None,
-    bits: int | None = None,
-    init: str | Path | None = None,
-) -> nn.Module:
+def build_model(config: dict, stage: Stage, init: str | Path | None = None) -> nn.Module:
     """The trainable model of a job. A QAT job loads ``init`` (if given) into its float
     model before :func:`repq.qat.prepare` (the Merged baseline merges that model)."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
-    bnest = stage == "fp-bnest" or method == "bnest"
-    model = float_model(config, bnest)
-    if stage != "qat":
-        return model
+    if not stage.is_qat:
+        return float_model(config, stage.name)
+    model = float_model(config, stage.init.name)
     if init is not None:
-        load_init(model, init, method)
-    return prepare(model, method, bits, keep_bn=config["model"].get("bnest_keep_bn"))
+        load_init(model, init, stage)
+    return prepare(model, stage.method, stage.bits, keep_bn=config["model"].get("bnest_keep_bn"))
 
 
-def deploy_form(model: nn.Module, stage: str) -> nn.Module:
+def deploy_form(model: nn.Module, stage: Stage) -> nn.Module:
     """What would be deployed: the quantized deploy model, or the merged float model."""
-    return to_deploy(model) if stage == "qat" else reparameterize(model).eval()
+    return to_deploy(model) if stage.is_qat else reparameterize(model).eval()
 
 
-def model_from_file(path: str | Path) -> tuple[nn.Module, dict]:
-    """Rebuild a trained model from a job's ``model.pt``; returns it and the file."""
+def model_from_file(path: str | Path) -> tuple[nn.Module, dict, Stage]:
+    """Rebuild a trained model from a job's ``model.pt``; returns it, the file's content
+    and its stage."""
     content = load_checkpoint(path, "model")
-    model = build_model(content["config"], content["stage"], content["method"], content["bits"])
+    stage = Stage.parse(content["stage"])
+    model = build_model(content["config"], stage)
     load_state(model, content["model"], str(path))
-    return model, content
+    return model, content, stage

@@ -9,11 +9,9 @@ from typing import Any
 
 import torch
 
+from repq.errors import CheckpointError
+
 FORMAT = "repq-checkpoint-1"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt or of the wrong kind; the message names it."""
 
 
 def atomic_write(path: str | Path, write) -> None:

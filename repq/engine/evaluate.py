@@ -1,8 +1,10 @@
-"""Evaluation job: a trained model's deploy form on the validation or test sets."""
+"""Evaluation job: the deploy form of an experiment's trained models on its validation
+or test sets, in one process (the data is built once)."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -10,41 +12,50 @@ import torch
 from repq.config import flatten
 from repq.engine.build import deploy_form, model_from_file
 from repq.engine.checkpoint import atomic_write
-from repq.engine.distributed import setup
-from repq.engine.tasks import make_task
+from repq.engine.distributed import Context, setup
+from repq.engine.tasks import Task, make_task
 from repq.tracking import Tracker, run_tags
 
 
-def evaluate(config: dict, model_file: Path, out: Path, threads: int = 1) -> dict:
-    """Evaluate ``model_file`` (a job's ``model.pt``) on the data of ``config``; write
-    ``out`` (JSON) and log one MLflow run. Returns the result."""
-    torch.set_num_threads(max(1, threads))
-    ctx = setup()
-    task = make_task(config, train=False)
-    tracker = Tracker(config.get("tracking", {}), enabled=ctx.is_main)
-    model, content = model_from_file(model_file)
-    stage, method, bits = content["stage"], content["method"], content["bits"]
+def _evaluate_one(task: Task, tracker: Tracker, ctx: Context, config: dict, path: Path) -> dict:
+    """Evaluate one ``model.pt`` in its own MLflow run; returns its result."""
+    model, content, stage = model_from_file(path)
     name = content["config"]["model"]["name"]
-    run_name = f"{name}/eval-{stage}" + (f"-{method}-{bits}bit" if stage == "qat" else "")
-    tags = run_tags(content["config"], stage, method, bits, "evaluate")
-    params = {**flatten(config), "model_file": str(model_file)}
-    tracker.start(run_name, tags, params)
+    run_name = f"{name}/eval-{stage}"
+    params = {**flatten(config), "model_file": str(path)}
+    tracker.start(run_name, run_tags(content["config"], stage, "evaluate"), params)
     try:
         metrics = task.evaluate(deploy_form(model.to(ctx.device), stage), ctx.device)
     except BaseException:
         tracker.finish("FAILED")
         raise
+    tracker.log_metrics(metrics, 0)
     result = {
         "name": run_name,
+        "task": content["config"]["task"],
         "model": name,
-        "stage": stage,
-        "method": method,
-        "bits": bits,
+        "stage": str(stage),
+        "model_file": str(path),
         "metrics": metrics,
         "run_id": tracker.run_id,
     }
-    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
-    tracker.log_metrics(metrics, 0)
-    tracker.log_artifact(out)
     tracker.finish()
     return result
+
+
+def evaluate(config: dict, model_files: list[Path], out: Path, threads: int = 1) -> dict:
+    """Evaluate every ``model.pt`` of ``model_files`` on the data of ``config``; write
+    ``out`` (JSON: ``{"results": [...], "cpu_seconds": ...}``) and log one MLflow run
+    per model. Returns what was written."""
+    torch.set_num_threads(max(1, threads))
+    ctx = setup()
+    task = make_task(config, train=False)
+    tracker = Tracker(config.get("tracking", {}), enabled=ctx.is_main)
+    startup = time.process_time()
+    results = [_evaluate_one(task, tracker, ctx, config, Path(p)) for p in model_files]
+    content = {
+        "results": results,
+        "cpu_seconds": {"startup": startup, "total": time.process_time()},
+    }
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(content, indent=2)))
+    return content

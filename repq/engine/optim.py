@@ -14,15 +14,12 @@ import torch
 from torch import nn
 
 from repq.quant.lsq import LSQQuantizer
+from repq.vocab import Stage
 
 
-def run_lr(train: dict, stage: str, method: str | None, bits: int | None) -> float:
+def run_lr(train: dict, stage: Stage) -> float:
     """The LR of a job: FP, quantized, or Merged 8-bit (Table S1)."""
-    if stage != "qat":
-        return train["lr"]["fp"]
-    if method == "merged" and bits == 8:
-        return train["lr"]["merged_8bit"]
-    return train["lr"]["quantized"]
+    return train["lr"][stage.lr_key]
 
 
 def parameter_groups(model: nn.Module, train: dict, lr: float, bits: int | None) -> list[dict]:

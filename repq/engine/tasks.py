@@ -1,7 +1,8 @@
 """The two tasks of the paper: ImageNet classification and ECBSR super-resolution.
 
-A task owns its data, its loss, its evaluation and its model-selection rule (S1:
-classification keeps the best validation top-1, super-resolution the last epoch).
+A task owns its data, its loss and its evaluation; its metrics and its model-selection
+rule (S1: classification keeps the best validation top-1, super-resolution the last
+epoch) are the facts of :data:`repq.vocab.TASKS`.
 """
 
 from __future__ import annotations
@@ -14,23 +15,23 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from repq.data.classification import image_folder
-from repq.data.errors import DataError
 from repq.data.sampling import Seeded
 from repq.data.superres import SRTestSet, SRTrainSet
 from repq.engine.metrics import psnr_y, ssim_y, top1_correct
+from repq.errors import DataError
+from repq.vocab import TASKS
 
 
 class Task(ABC):
     """Data, loss and evaluation of one kind of experiment. With ``train=False`` (an
     evaluation job) the training set is neither built nor checked."""
 
-    select: str
-    primary: str
-
     def __init__(self, config: dict, train: bool = True) -> None:
         self.config = config
         self.data = config["data"]
+        self.facts = TASKS[config["task"]]
+        self.select = self.facts.selection
+        self.primary = self.facts.primary
 
     @abstractmethod
     def train_set(self) -> Dataset:
@@ -52,8 +53,6 @@ class Task(ABC):
 
 
 class ClassificationTask(Task):
-    select, primary = "best", "top1"
-
     def __init__(self, config: dict, train: bool = True) -> None:
         super().__init__(config, train)
         root = Path(self.data.get("root", ""))
@@ -69,6 +68,8 @@ class ClassificationTask(Task):
             )
 
     def _folder(self, root: Path, train: bool):
+        from repq.data.classification import image_folder  # torchvision: this task only
+
         size = self.data.get("image_size", 224)
         return image_folder(
             root,
@@ -98,12 +99,10 @@ class ClassificationTask(Task):
             logits = model(images.to(device, non_blocking=True))
             correct += top1_correct(logits, target.to(device))
             total += target.numel()
-        return {"top1": 100.0 * correct.item() / total}
+        return {self.primary: 100.0 * correct.item() / total}
 
 
 class SuperResTask(Task):
-    select = "last"
-
     def __init__(self, config: dict, train: bool = True) -> None:
         super().__init__(config, train)
         if not self.data.get("test"):
@@ -121,7 +120,7 @@ class SuperResTask(Task):
         self._tests = {
             name: SRTestSet(path, self.scale, verify) for name, path in self.data["test"].items()
         }
-        self.primary = f"psnr/{next(iter(self._tests))}"
+        self.primary = f"{self.facts.primary}/{next(iter(self._tests))}"
 
     def train_set(self) -> Dataset:
         return self._train
@@ -135,20 +134,26 @@ class SuperResTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        scores = {"psnr": psnr_y, "ssim": ssim_y}
         metrics: dict[str, float] = {}
         for name, dataset in self._tests.items():
-            psnr = ssim = 0.0
+            sums = dict.fromkeys(self.facts.metrics, 0.0)
             for lr, hr in DataLoader(dataset, batch_size=1):
                 sr = model(lr.to(device)).float().cpu()
-                psnr += psnr_y(sr, hr, self.scale)
-                ssim += ssim_y(sr, hr, self.scale)
-            metrics[f"psnr/{name}"] = psnr / len(dataset)
-            metrics[f"ssim/{name}"] = ssim / len(dataset)
+                for metric in sums:
+                    sums[metric] += scores[metric](sr, hr, self.scale)
+            metrics.update({f"{m}/{name}": total / len(dataset) for m, total in sums.items()})
         return metrics
+
+
+ENGINES: dict[str, type[Task]] = {
+    "classification": ClassificationTask,
+    "superres": SuperResTask,
+}
+"""The engine side of every task of :data:`repq.vocab.TASKS`."""
 
 
 def make_task(config: dict, train: bool = True) -> Task:
     """The task a config describes (its data checked at once; the training set only
     when ``train``)."""
-    kind = ClassificationTask if config["task"] == "classification" else SuperResTask
-    return kind(config, train)
+    return ENGINES[config["task"]](config, train)

@@ -29,12 +29,13 @@ from repq.data.sampling import EpochSampler
 from repq.engine import distributed
 from repq.engine.build import build_model, deploy_form
 from repq.engine.checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from repq.engine.errors import TrainingDiverged
 from repq.engine.optim import make_optimizer, make_scheduler, parameter_groups, run_lr
 from repq.engine.tasks import Task, make_task
-from repq.qat import precision_table
+from repq.errors import ConfigError, TrainingDiverged
+from repq.qat import precision_tsv
 from repq.quant.layers import QuantLayer
 from repq.tracking import Tracker, run_tags
+from repq.vocab import Stage
 
 log = logging.getLogger("repq")
 
@@ -44,27 +45,22 @@ class Job:
     """What one ``repq train`` invocation does."""
 
     config: dict
-    stage: str
+    stage: Stage
     out: Path
-    method: str | None = None
-    bits: int | None = None
     init: Path | None = None
     resume_dir: Path | None = None
     threads: int = 1
 
     @property
     def name(self) -> str:
-        model = self.config["model"]["name"]
-        if self.stage == "qat":
-            return f"{model}/qat-{self.method}-{self.bits}bit"
-        return f"{model}/{self.stage}"
+        return f"{self.config['model']['name']}/{self.stage}"
 
     @property
     def resume_path(self) -> Path:
         return (self.resume_dir or self.out / "resume") / "last.pt"
 
     def tags(self) -> dict[str, str]:
-        return run_tags(self.config, self.stage, self.method, self.bits, "train")
+        return run_tags(self.config, self.stage, "train")
 
 
 def step_summary(model: nn.Module) -> dict[str, float]:
@@ -77,14 +73,6 @@ def step_summary(model: nn.Module) -> dict[str, float]:
                 step = getattr(module, f"{kind}_quant").step.detach().float().mean().item()
                 sums.setdefault(f"qstep/{group}/{kind}", []).append(step)
     return {k: sum(v) / len(v) for k, v in sums.items()}
-
-
-def precision_tsv(model: nn.Module) -> str:
-    """The precision listing as tab-separated text (empty for a float model)."""
-    rows = ["layer\tweight_bits\tinput_bits\tinput_signed"]
-    for p in precision_table(model):
-        rows.append(f"{p.name}\t{p.weight_bits}\t{p.input_bits}\t{str(p.input_signed).lower()}")
-    return "\n".join(rows) + "\n"
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -114,27 +102,27 @@ class Trainer:
         self.cuda = self.ctx.device.type == "cuda"
         self.amp = self.cuda and self.train_cfg.get("amp", True)
         self.channels_last = self.cuda and self.train_cfg.get("channels_last", True)
-        self.model = build_model(job.config, job.stage, job.method, job.bits, job.init)
+        self.model = build_model(job.config, job.stage, job.init)
         self.model.to(self.ctx.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.loader, self.sampler = self._loader()
-        lr = run_lr(self.train_cfg, job.stage, job.method, job.bits)
+        lr = run_lr(self.train_cfg, job.stage)
         self.optimizer = make_optimizer(
-            parameter_groups(self.model, self.train_cfg, lr, job.bits), self.train_cfg
+            parameter_groups(self.model, self.train_cfg, lr, job.stage.bits), self.train_cfg
         )
         self.scheduler = make_scheduler(self.optimizer, self.train_cfg, len(self.loader))
         self.epoch, self.history = 0, []
         self.best: float | None = None
         self.best_epoch, self.best_metrics, self.best_state = -1, {}, None
         self.run_id: str | None = None
-        self.digest = config_hash({**job.config, "_job": [job.stage, job.method, job.bits]})
+        self.digest = config_hash({**job.config, "_stage": str(job.stage)})
 
     def _loader(self) -> tuple[DataLoader, EpochSampler]:
         dataset = self.task.train_set()
         world, batch = self.ctx.world, self.train_cfg["batch_size"]
         if batch % world:
-            raise ValueError(f"train.batch_size {batch} is not divisible by {world} processes")
+            raise ConfigError(f"train.batch_size {batch} is not divisible by {world} processes")
         sampler = EpochSampler(
             len(dataset),
             self.train_cfg.get("seed", 0),
@@ -154,7 +142,7 @@ class Trainer:
             drop_last=True,
         )
         if len(loader) == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"train.batch_size {batch} exceeds the {len(sampler) * world} training samples"
             )
         return loader, sampler
@@ -204,7 +192,7 @@ class Trainer:
     def _calibrate(self) -> None:
         """Initialise every LSQ step from one batch (eval mode: no statistics change)
         before DDP broadcasts rank 0's parameters."""
-        if self.job.stage != "qat":
+        if not self.job.stage.is_qat:
             return
         self.sampler.set_epoch(0)
         inputs, _ = next(iter(self.loader))
@@ -279,9 +267,7 @@ class Trainer:
     def _start_tracking(self) -> None:
         params = {
             **flatten(self.job.config),
-            "stage": self.job.stage,
-            "method": self.job.method,
-            "bits": self.job.bits,
+            "stage": str(self.job.stage),
             "init": str(self.job.init) if self.job.init else None,
             "world_size": self.ctx.world,
         }
@@ -293,6 +279,7 @@ class Trainer:
 
     def run(self) -> dict:
         """Train to the last epoch and write the outputs; returns the final metrics."""
+        self.startup_cpu = time.process_time()
         try:
             resumed = self._try_resume()
             if not resumed:
@@ -326,27 +313,28 @@ class Trainer:
     def _finish(self) -> dict:
         out, job = self.job.out, self.job
         self.model.load_state_dict(self.best_state)
-        common = {"config": job.config, "stage": job.stage, "method": job.method, "bits": job.bits}
+        common = {"config": job.config, "stage": str(job.stage)}
         save_checkpoint(out / "model.pt", "model", model=self.model.state_dict(), **common)
         deployed = deploy_form(self.model, job.stage)
         save_checkpoint(out / "deploy.pt", "deploy", model=deployed.state_dict(), **common)
         result = {
             "name": job.name,
-            "stage": job.stage,
-            "method": job.method,
-            "bits": job.bits,
+            "task": job.config["task"],
+            "stage": str(job.stage),
             "model": job.config["model"]["name"],
             "selection": self.task.select,
             "epoch": self.best_epoch,
             "metrics": self.best_metrics,
             "images_per_sec": self.history[-1]["images_per_sec"],
             "run_id": self.run_id,
+            "cpu_seconds": {"startup": self.startup_cpu, "total": time.process_time()},
         }
         _write_text(out / "history.csv", _history_csv(self.history))
         from repq.report.figures import curve_figure  # matplotlib: only when a job ends
 
         atomic_write(
-            out / "curve.png", lambda tmp: curve_figure(out / "history.csv", tmp, job.name)
+            out / "curve.png",
+            lambda tmp: curve_figure(out / "history.csv", tmp, job.name, self.task.primary),
         )
         _write_text(out / "precision.tsv", precision_tsv(self.model))
         _write_text(out / "config.json", json.dumps(job.config, indent=2))

@@ -1,11 +1,10 @@
 """The QAT methods of the paper: Merged LSQ, RepQ (BN folded with batch statistics)
 and RepQ-BNest (BN statistics estimated)."""
 
+from repq.qat.methods import HANDLERS, Handler, bnest_fp, fp_form, norm_blocks
 from repq.qat.prepare import (
-    METHODS,
-    bnest_fp,
-    norm_blocks,
     precision_table,
+    precision_tsv,
     prepare,
     quantizable_layers,
     set_quantizers,
@@ -14,11 +13,14 @@ from repq.qat.prepare import (
 from repq.qat.repq_conv import RepQConv
 
 __all__ = [
-    "METHODS",
+    "HANDLERS",
+    "Handler",
     "RepQConv",
     "bnest_fp",
+    "fp_form",
     "norm_blocks",
     "precision_table",
+    "precision_tsv",
     "prepare",
     "quantizable_layers",
     "set_quantizers",

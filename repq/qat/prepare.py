@@ -1,13 +1,6 @@
-"""``prepare(model, method, bits)``: the three QAT methods of the paper.
-
-* ``merged``: re-parameterize, then LSQ on every conv and linear layer (the Merged
-  LSQ baseline);
-* ``repq``: every re-parametrized block (conv+BN pairs included) becomes one
-  :class:`RepQConv` folding BN with batch statistics;
-* ``bnest``: as ``repq`` with BN statistics estimated (S3, S8) in every block but the
-  last ``keep_bn`` ones (the FP stage must have trained the same BN-estimation model,
-  see :func:`bnest_fp`).
-"""
+"""``prepare(model, method, bits)``: a QAT copy of a float model for any registered
+method (:mod:`repq.qat.methods`), with LSQ on every layer the method exposes, at the
+precision the model's policy gives each layer (S1)."""
 
 from __future__ import annotations
 
@@ -15,13 +8,15 @@ import copy
 
 from torch import nn
 
+from repq.qat.methods import HANDLERS
 from repq.qat.repq_conv import RepQConv
 from repq.quant.layers import QuantLayer, wrap_quantized
 from repq.quant.policy import LayerPrecision, PrecisionPolicy
 from repq.reparam.base import ReparamBlock
-from repq.reparam.surgery import adopt_conv_bn, outermost, reparameterize, replace_modules
+from repq.reparam.surgery import outermost, replace_modules
+from repq.vocab import method as registered_method
 
-METHODS = ("merged", "repq", "bnest")
+QUANTIZABLE = (nn.Conv2d, nn.Linear, ReparamBlock)
 
 
 def default_policy(model: nn.Module) -> PrecisionPolicy:
@@ -29,26 +24,10 @@ def default_policy(model: nn.Module) -> PrecisionPolicy:
     return getattr(model, "precision_policy", PrecisionPolicy())
 
 
-def norm_blocks(model: nn.Module) -> list[ReparamBlock]:
-    """Outermost blocks that carry BatchNorm, in forward (registration) order."""
-    return [m for _, m in outermost(model, lambda m: isinstance(m, ReparamBlock)) if m.has_norm]
-
-
-def bnest_fp(model: nn.Module, keep_bn: int | None = None) -> nn.Module:
-    """Turn the BN of every block except the last ``keep_bn`` ones into BN-estimation
-    layers (in place). ``keep_bn`` defaults to the model's ``bnest_keep_bn`` (2 for the
-    ResNet-18 models, where small maps make the estimate poor; S1, S2)."""
-    keep_bn = getattr(model, "bnest_keep_bn", 0) if keep_bn is None else keep_bn
-    blocks = norm_blocks(adopt_conv_bn(model))
-    for i, block in enumerate(blocks):
-        block.norm_mode = "estimate" if i < len(blocks) - keep_bn else "batch"
-    return model
-
-
-def quantizable_layers(model: nn.Module, method: str) -> list[str]:
-    """Names of the layers ``prepare`` quantizes, in forward (registration) order."""
-    kinds = (nn.Conv2d, nn.Linear) if method == "merged" else (nn.Conv2d, nn.Linear, ReparamBlock)
-    return [name for name, _ in outermost(model, lambda m: isinstance(m, kinds))]
+def quantizable_layers(model: nn.Module) -> list[str]:
+    """Names of the outermost convs, linears and re-parametrized blocks, in forward
+    (registration) order: the layers :func:`prepare` quantizes."""
+    return [name for name, _ in outermost(model, lambda m: isinstance(m, QUANTIZABLE))]
 
 
 def prepare(
@@ -58,19 +37,14 @@ def prepare(
     policy: PrecisionPolicy | None = None,
     keep_bn: int | None = None,
 ) -> nn.Module:
-    """A QAT copy of a float model for ``method`` at ``bits`` (the original is kept)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown QAT method {method!r}; choose one of {METHODS}")
+    """A QAT copy of a float model for ``method`` at ``bits`` (the original is kept).
+
+    A re-parametrized block becomes one :class:`RepQConv` (LSQ on its merged kernel);
+    a plain conv or linear a quantized layer."""
+    registered_method(method)
     policy = default_policy(model) if policy is None else policy
-    if method == "merged":
-        qat = reparameterize(model)  # a copy
-    elif method == "bnest":
-        qat = bnest_fp(copy.deepcopy(model), keep_bn)
-    else:
-        qat = copy.deepcopy(model)
-        for block in norm_blocks(adopt_conv_bn(qat)):
-            block.norm_mode = "batch"
-    names = quantizable_layers(qat, method)
+    qat = HANDLERS[method].qat_form(copy.deepcopy(model), keep_bn)
+    names = quantizable_layers(qat)
     index = {name: i for i, name in enumerate(names)}
 
     def quantize(name: str, module: nn.Module) -> nn.Module | None:
@@ -89,6 +63,14 @@ def prepare(
 def precision_table(model: nn.Module) -> list[LayerPrecision]:
     """The precision of every quantized layer of a prepared model, in forward order."""
     return [m.precision for _, m in outermost(model, lambda m: isinstance(m, QuantLayer))]
+
+
+def precision_tsv(model: nn.Module) -> str:
+    """:func:`precision_table` as tab-separated text (a header only for a float model)."""
+    rows = ["layer\tweight_bits\tinput_bits\tinput_signed"]
+    for p in precision_table(model):
+        rows.append(f"{p.name}\t{p.weight_bits}\t{p.input_bits}\t{str(p.input_signed).lower()}")
+    return "\n".join(rows) + "\n"
 
 
 def to_deploy(model: nn.Module) -> nn.Module:

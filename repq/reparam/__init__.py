@@ -7,7 +7,7 @@ from repq.reparam.ecb import ECB
 from repq.reparam.orepa import OREPABlock, OREPAKernel, OREPALargeConv, compose_kernels
 from repq.reparam.repvgg import RepVGGBlock
 from repq.reparam.stats import BatchStats, EstimatedStats, NormStats, running_stats
-from repq.reparam.surgery import adopt_conv_bn, reparameterize, replace_modules
+from repq.reparam.surgery import adopt_conv_bn, merge_blocks, reparameterize, replace_modules
 
 __all__ = [
     "ECB",
@@ -26,6 +26,7 @@ __all__ = [
     "compose_kernels",
     "fold_norm",
     "identity_kernel",
+    "merge_blocks",
     "pad_kernel",
     "reparameterize",
     "replace_modules",

@@ -61,9 +61,12 @@ def _to_conv(name: str, module: nn.Module) -> nn.Module | None:
     return module.to_conv() if isinstance(module, ReparamBlock) else None
 
 
+def merge_blocks(model: nn.Module) -> nn.Module:
+    """Turn every block (and every conv+BN pair) of ``model`` into one ``nn.Conv2d`` with
+    bias, in place."""
+    return replace_modules(adopt_conv_bn(model), _to_conv)
+
+
 def reparameterize(model: nn.Module) -> nn.Module:
-    """A deploy copy of ``model``: every block (and every conv+BN pair) becomes one
-    ``nn.Conv2d`` with bias. The original model is left untouched."""
-    deploy = adopt_conv_bn(copy.deepcopy(model))
-    replace_modules(deploy, _to_conv)
-    return deploy.train(model.training)
+    """A deploy copy of ``model`` (see :func:`merge_blocks`); the original is untouched."""
+    return merge_blocks(copy.deepcopy(model)).train(model.training)

@@ -1,4 +1,4 @@
-"""Figures: the drop from FP per method and bit width, and training curves."""
+"""Figures: the difference from FP per method and bit width, and training curves."""
 
 from __future__ import annotations
 
@@ -10,51 +10,54 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from repq.report.tables import BITS, METHOD_NAMES, METHODS
+from repq.report.tables import DELTA
+from repq.vocab import FP_BITS, METHODS
 
 
 def _numeric(value: object) -> float:
     return value if isinstance(value, float) else float("nan")
 
 
-def _classification_drops(table: pd.DataFrame) -> pd.DataFrame:
-    drops = {}
-    for bits in BITS:
-        for method in METHODS:
-            column = f"{bits}-bit {METHOD_NAMES[method]} drop"
-            if column in table:
-                drops[f"{METHOD_NAMES[method]} {bits}-bit"] = table[column].map(_numeric)
-    return pd.DataFrame(drops, index=table["model"]) if drops else pd.DataFrame()
+def _wide_deltas(table: pd.DataFrame) -> pd.DataFrame:
+    """model x stage: the table's Δ columns."""
+    columns = [c for c in table.columns if c.endswith(f" {DELTA}")]
+    data = {c.removesuffix(f" {DELTA}"): table[c].map(_numeric).to_numpy() for c in columns}
+    return pd.DataFrame(data, index=table["model"].to_numpy())
 
 
-def _superres_drops(table: pd.DataFrame) -> pd.DataFrame:
-    psnr = [c for c in table.columns if c.endswith("PSNR")]
-    if table.empty or not psnr:
-        return pd.DataFrame()
-    column = psnr[0]
-    rows = {}
+def _long_deltas(table: pd.DataFrame) -> pd.DataFrame:
+    """model x stage: the first metric column of each quantized row minus the FP row its
+    method starts from."""
+    metric = next(c for c in table.columns if c not in ("model", "method", "bits"))
+    fp_of = {m.display: m.fp_display for m in METHODS.values()}
+    rows: dict[str, dict[str, float]] = {}
     for model, group in table.groupby("model", sort=False):
-        fp = group[group["bits"] == 32][column].map(_numeric).iloc[0]
+        base = {r["method"]: _numeric(r[metric]) for _, r in group.iterrows()}
         rows[model] = {
-            f"{r['method']} {r['bits']}-bit": _numeric(r[column]) - fp
-            for _, r in group[group["bits"] != 32].iterrows()
+            f"{r['bits']}-bit {r['method']}": _numeric(r[metric]) - base[fp_of[r["method"]]]
+            for _, r in group[group["bits"] != FP_BITS].iterrows()
         }
     return pd.DataFrame(rows).T
 
 
-def drop_figure(classification: pd.DataFrame, superres: pd.DataFrame, out: Path) -> list[Path]:
-    """Bar charts of the top-1 drop (classification) and the PSNR drop on the first test
-    set (super-resolution) from FP; written as PNG and SVG."""
-    panels = [
-        (_classification_drops(classification), "top-1 drop from FP (points)"),
-        (_superres_drops(superres), "PSNR drop from FP (dB)"),
-    ]
-    panels = [(d, label) for d, label in panels if not d.empty]
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(6 * max(1, len(panels)), 4))
-    axes = axes if hasattr(axes, "__len__") else [axes]
-    for ax, (drops, label) in zip(axes, panels, strict=False):
-        drops.plot.bar(ax=ax, rot=20)
+def deltas(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The bars of one task's panel (model x stage) and what they measure."""
+    if "bits" not in table.columns:
+        return _wide_deltas(table), f"{DELTA} from FP (points, QAT - FP)"
+    metric = next(c for c in table.columns if c not in ("model", "method", "bits"))
+    return _long_deltas(table), f"{DELTA} {metric} from FP (QAT - FP)"
+
+
+def drop_figure(tables: dict[str, pd.DataFrame], out: Path) -> list[Path]:
+    """One bar chart per task of each quantized result's difference from its FP model;
+    written as PNG and SVG."""
+    panels = [(task, *deltas(t)) for task, t in tables.items() if not t.empty]
+    count = max(1, len(panels))
+    fig, axes = plt.subplots(1, count, figsize=(6 * count, 4), squeeze=False)
+    for ax, (task, bars, label) in zip(axes[0], panels, strict=False):
+        bars.plot.bar(ax=ax, rot=20)
         ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_title(task)
         ax.set_ylabel(label)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -65,10 +68,9 @@ def drop_figure(classification: pd.DataFrame, superres: pd.DataFrame, out: Path)
     return paths
 
 
-def curve_figure(history_csv: Path, out: Path, title: str) -> None:
-    """Training loss and the validation metric per epoch."""
+def curve_figure(history_csv: Path, out: Path, title: str, metric: str) -> None:
+    """Training loss and the validation ``metric`` per epoch."""
     history = pd.read_csv(history_csv)
-    metric = "top1" if "top1" in history else next(c for c in history if c.startswith("psnr/"))
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
     left.plot(history["epoch"], history["train_loss"], marker="o")
     left.set_xlabel("epoch")

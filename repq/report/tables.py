@@ -1,9 +1,13 @@
 """The paper's tables from the evaluation results of a workflow run.
 
-Every number comes from an ``eval.json`` (the deployed model's evaluation). A cell
-whose run does not exist says ``no run``; RepQ-BNest on a model without BN says
-``n/a``. The best quantized result of each model (classification) or of each scale
-(super-resolution) at each bit width is bold (every one of them on a tie).
+Every number comes from an experiment's ``evaluation.json`` (the deployed models'
+evaluation); the task of a result is read from the ``config.json`` of its run. Stages,
+methods, bit widths and names come from :mod:`repq.vocab`. A cell whose run does not
+exist says ``no run``; a method that does not apply to an architecture (RepQ-BNest
+without BN) says ``n/a``.
+``Δ`` columns hold the quantized value minus its FP baseline (the FP stage the method
+starts from): negative is a loss. The best quantized result of each model at each bit
+width is bold (every one of them on a tie).
 """
 
 from __future__ import annotations
@@ -15,141 +19,171 @@ from pathlib import Path
 
 import pandas as pd
 
-from repq.models import NORM_FREE
+from repq.vocab import (
+    ARCHITECTURES,
+    BITS,
+    FP_BITS,
+    METHODS,
+    TASKS,
+    Stage,
+    display_name,
+    fp_stages,
+)
 
-METHODS = ("merged", "repq", "bnest")
-METHOD_NAMES = {"merged": "Merged", "repq": "RepQ", "bnest": "RepQ-BNest"}
-BITS = (8, 4)
-MODEL_NAMES = {
-    "repvgg_a0": "RepVGG-A0",
-    "repvgg_b0": "RepVGG-B0",
-    "ac_resnet18": "AC-ResNet-18",
-    "orepa_resnet18": "OREPA-ResNet-18",
-    "resnet18": "ResNet-18",
-    "ecbsr": "ECBSR",
-}
 NO_RUN, NOT_APPLICABLE = "no run", "n/a"
+DELTA = "Δ"
 
 
 @dataclass(frozen=True)
 class Result:
-    """One evaluated run: ``runs/<experiment>/<stage>/eval.json``."""
+    """One evaluated run: an entry of ``runs/<experiment>/evaluation.json`` and the
+    ``config.json`` of its stage folder."""
 
     experiment: str
-    stage: str
+    stage: Stage
+    task: str
     model: str
+    label: str
     metrics: dict[str, float]
-    scale: int | None
+
+
+def _label(config: dict) -> str:
+    """The row label of a model: its table name, with the SR scale when there is one."""
+    scale = config["data"].get("scale")
+    name = display_name(config["model"]["name"])
+    return f"{name} x{scale}" if scale else name
 
 
 def collect(runs: Path) -> list[Result]:
-    """Every evaluation under ``runs`` (sorted by experiment and stage)."""
+    """Every evaluation under ``runs`` (sorted by experiment, then in evaluation order)."""
     results = []
-    for path in sorted(runs.glob("*/*/eval.json")):
-        content = json.loads(path.read_text())
-        config = json.loads((path.parent / "config.json").read_text())
-        scale = (
-            config["model"].get("kwargs", {}).get("scale")
-            if content["model"] in NORM_FREE
-            else None
-        )
-        results.append(
-            Result(
-                path.parent.parent.name,
-                path.parent.name,
-                content["model"],
-                content["metrics"],
-                scale,
+    for path in sorted(runs.glob("*/evaluation.json")):
+        for entry in json.loads(path.read_text())["results"]:
+            config = json.loads((path.parent / entry["stage"] / "config.json").read_text())
+            results.append(
+                Result(
+                    experiment=path.parent.name,
+                    stage=Stage.parse(entry["stage"]),
+                    task=config["task"],
+                    model=config["model"]["name"],
+                    label=_label(config),
+                    metrics=entry["metrics"],
+                )
             )
-        )
     return results
 
 
-def _by_stage(results: list[Result], experiment: str) -> dict[str, Result]:
-    return {r.stage: r for r in results if r.experiment == experiment}
+def _applies(method: str, model: str) -> bool:
+    """Whether a method applies to a model (an architecture outside the zoo: always)."""
+    return model not in ARCHITECTURES or METHODS[method].applies_to(model)
 
 
-def _experiments(results: list[Result], classification: bool) -> list[str]:
-    return list(
-        dict.fromkeys(r.experiment for r in results if ("top1" in r.metrics) == classification)
-    )
+def _qat_stages(model: str) -> list[Stage]:
+    return [Stage.qat(m, b) for b in BITS for m in METHODS if _applies(m, model)]
 
 
-def classification_table(results: list[Result]) -> pd.DataFrame:
-    """Rows: models. Columns: FP, FP-BNest, then per bit width each method's top-1 and its
-    drop (RepQ-BNest's drop is from FP-BNest, the model it starts from)."""
-    rows = []
-    for experiment in _experiments(results, classification=True):
-        stages = _by_stage(results, experiment)
-        model = next(iter(stages.values())).model
-        row: dict[str, object] = {"model": MODEL_NAMES.get(model, model)}
-        row["FP"] = _value(stages, "fp", "top1")
-        row["FP-BNest"] = _value(stages, "fp-bnest", "top1", model in NORM_FREE)
-        for bits in BITS:
-            for method in METHODS:
-                name = f"{bits}-bit {METHOD_NAMES[method]}"
-                value = _value(stages, f"qat-{method}-{bits}", "top1", _na(method, model))
-                base = row["FP-BNest" if method == "bnest" else "FP"]
-                row[name] = value
-                row[f"{name} drop"] = _drop(base, value)
-        rows.append(row)
-    return pd.DataFrame(rows)
+def _fp_stages(model: str) -> list[Stage]:
+    owners = {m.fp_stage: name for name, m in METHODS.items()}
+    return [Stage(s) for s in fp_stages() if s not in owners or _applies(owners[s], model)]
 
 
-def superres_table(results: list[Result]) -> pd.DataFrame:
-    """Rows: ECBSR scale x method x bits (FP first). Columns: PSNR and SSIM per test set."""
-    rows = []
-    for experiment in _experiments(results, classification=False):
-        stages = _by_stage(results, experiment)
-        first = next(iter(stages.values()))
-        sets = [k.split("/", 1)[1] for k in first.metrics if k.startswith("psnr/")]
-        plan = [("fp", "FP", 32)] + [
-            (f"qat-{m}-{b}", METHOD_NAMES[m], b) for b in BITS for m in ("merged", "repq")
-        ]
-        for stage, method, bits in plan:
-            row: dict[str, object] = {
-                "model": f"{MODEL_NAMES.get(first.model, first.model)} x{first.scale}",
-                "method": method,
-                "bits": bits,
-            }
-            for name in sets:
-                for metric in ("psnr", "ssim"):
-                    row[f"{name} {metric.upper()}"] = _value(stages, stage, f"{metric}/{name}")
-            rows.append(row)
-    return pd.DataFrame(rows)
+def _experiments(results: list[Result]) -> dict[str, dict[str, Result]]:
+    """experiment -> stage name -> result, in the order of ``results``."""
+    by_experiment: dict[str, dict[str, Result]] = {}
+    for r in results:
+        by_experiment.setdefault(r.experiment, {})[str(r.stage)] = r
+    return by_experiment
 
 
-def _na(method: str, model: str) -> bool:
-    return method == "bnest" and model in NORM_FREE
-
-
-def _value(stages: dict[str, Result], stage: str, metric: str, na: bool = False) -> object:
-    if na:
-        return NOT_APPLICABLE
-    result = stages.get(stage)
+def _value(stages: dict[str, Result], stage: Stage, metric: str) -> object:
+    result = stages.get(str(stage))
     return NO_RUN if result is None else result.metrics[metric]
 
 
-def _drop(base: object, value: object) -> object:
+def _delta(base: object, value: object) -> object:
     if isinstance(base, float) and isinstance(value, float):
         return value - base
     return value if isinstance(value, str) else NO_RUN
 
 
-def _bold_cells(table: pd.DataFrame, kind: str) -> set[tuple[int, str]]:
-    """``(row, column)`` of the best quantized result per model (or scale) and bit width."""
+def wide_table(results: list[Result], metric: str) -> pd.DataFrame:
+    """One row per experiment: every FP stage, then per bit width each method's value of
+    ``metric`` and its Δ from the FP stage it starts from (the classification layout)."""
+    rows = []
+    for stages in _experiments(results).values():
+        first = next(iter(stages.values()))
+        row: dict[str, object] = {"model": first.label}
+        for fp in map(Stage, fp_stages()):
+            applies = fp in _fp_stages(first.model)
+            row[fp.display] = _value(stages, fp, metric) if applies else NOT_APPLICABLE
+        for bits in BITS:
+            for name in METHODS:
+                stage = Stage.qat(name, bits)
+                if not _applies(name, first.model):
+                    row[stage.display] = row[f"{stage.display} {DELTA}"] = NOT_APPLICABLE
+                    continue
+                value = _value(stages, stage, metric)
+                row[stage.display] = value
+                row[f"{stage.display} {DELTA}"] = _delta(row[stage.init.display], value)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _metric_columns(result: Result) -> list[tuple[str, str]]:
+    """``(metric key, column name)`` of a result, e.g. ``("psnr/Set5", "Set5 PSNR")``."""
+    columns = []
+    for key in result.metrics:
+        metric, _, test_set = key.partition("/")
+        columns.append((key, f"{test_set} {metric.upper()}" if test_set else metric))
+    return columns
+
+
+def long_table(results: list[Result]) -> pd.DataFrame:
+    """One row per experiment and stage (FP first), one column per metric and test set
+    (the super-resolution layout; also the layout of a task this module does not know)."""
+    rows = []
+    for stages in _experiments(results).values():
+        first = next(iter(stages.values()))
+        for stage in _fp_stages(first.model) + _qat_stages(first.model):
+            method = METHODS[stage.method].display if stage.is_qat else stage.display
+            row: dict[str, object] = {"model": first.label, "method": method}
+            row["bits"] = stage.bit_width
+            for key, column in _metric_columns(first):
+                row[column] = _value(stages, stage, key)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def task_tables(results: list[Result]) -> dict[str, pd.DataFrame]:
+    """One table per task present in ``results`` (known tasks first, in vocabulary order):
+    the wide layout for a task with one metric, the long layout otherwise."""
+    present = list(dict.fromkeys(r.task for r in results))
+    tasks = [t for t in TASKS if t in present] + [t for t in present if t not in TASKS]
+    tables = {}
+    for task in tasks:
+        chosen = [r for r in results if r.task == task]
+        facts = TASKS.get(task)
+        if facts is not None and len(facts.metrics) == 1:
+            tables[task] = wide_table(chosen, facts.primary)
+        else:
+            tables[task] = long_table(chosen)
+    return tables
+
+
+def _bold_cells(table: pd.DataFrame) -> set[tuple[int, str]]:
+    """``(row, column)`` of the best quantized result per model and bit width."""
     bold: set[tuple[int, str]] = set()
     if table.empty:
         return bold
-    if kind == "classification":
+    if "bits" not in table.columns:  # wide layout
         for bits in BITS:
-            columns = [f"{bits}-bit {METHOD_NAMES[m]}" for m in METHODS]
+            columns = [Stage.qat(m, bits).display for m in METHODS]
             for index, row in table.iterrows():
                 values = {c: row[c] for c in columns if isinstance(row[c], float)}
                 bold |= {(index, c) for c in _best(values)}
         return bold
-    quantized = table[table["bits"] != 32]
-    metric_columns = [c for c in table.columns if c.endswith(("PSNR", "SSIM"))]
+    quantized = table[table["bits"] != FP_BITS]
+    metric_columns = [c for c in table.columns if c not in ("model", "method", "bits")]
     for _, group in quantized.groupby(["model", "bits"]):
         for column in metric_columns:
             values = {i: v for i, v in group[column].items() if isinstance(v, float)}
@@ -166,16 +200,16 @@ def _best(values: dict) -> list:
 def _format(value: object, column: str) -> str:
     if not isinstance(value, float):
         return str(value)
-    if column.endswith("drop"):
+    if column.endswith(DELTA):
         return f"{value:+.2f}"
     return f"{value:.4f}" if column.endswith("SSIM") else f"{value:.2f}"
 
 
 def _cells(
-    table: pd.DataFrame, kind: str, escape: Callable[[str], str], bold: Callable[[str], str]
+    table: pd.DataFrame, escape: Callable[[str], str], bold: Callable[[str], str]
 ) -> list[list[str]]:
     """Each row's formatted cells, escaped, the best results wrapped by ``bold``."""
-    best = _bold_cells(table, kind)
+    best = _bold_cells(table)
     rows = []
     for index, row in table.iterrows():
         texts = {column: escape(_format(row[column], column)) for column in table.columns}
@@ -183,18 +217,19 @@ def _cells(
     return rows
 
 
-def to_markdown(table: pd.DataFrame, kind: str) -> str:
+def to_markdown(table: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    for cells in _cells(table, kind, str, lambda text: f"**{text}**"):
+    for cells in _cells(table, str, lambda text: f"**{text}**"):
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def _latex_escape(text: str) -> str:
-    return text.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+    text = text.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+    return text.replace(DELTA, r"$\Delta$")
 
 
-def to_latex(table: pd.DataFrame, kind: str) -> str:
+def to_latex(table: pd.DataFrame) -> str:
     """A booktabs table (``\\toprule``, ``\\midrule``, ``\\bottomrule``)."""
     spec = "l" + "r" * (len(table.columns) - 1)
     lines = [
@@ -203,22 +238,18 @@ def to_latex(table: pd.DataFrame, kind: str) -> str:
         " & ".join(_latex_escape(c) for c in table.columns) + r" \\",
         r"\midrule",
     ]
-    for cells in _cells(table, kind, _latex_escape, lambda text: rf"\textbf{{{text}}}"):
+    for cells in _cells(table, _latex_escape, lambda text: rf"\textbf{{{text}}}"):
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 
 
 def write_tables(runs: Path, out: Path) -> dict[str, pd.DataFrame]:
-    """Write ``classification`` and ``superres`` as CSV, Markdown and LaTeX."""
+    """Write one table per task as ``<task>.csv``, ``.md`` and ``.tex``."""
     out.mkdir(parents=True, exist_ok=True)
-    results = collect(runs)
-    tables = {
-        "classification": classification_table(results),
-        "superres": superres_table(results),
-    }
-    for kind, table in tables.items():
-        table.to_csv(out / f"{kind}.csv", index=False)
-        (out / f"{kind}.md").write_text(to_markdown(table, kind))
-        (out / f"{kind}.tex").write_text(to_latex(table, kind))
+    tables = task_tables(collect(runs))
+    for task, table in tables.items():
+        table.to_csv(out / f"{task}.csv", index=False)
+        (out / f"{task}.md").write_text(to_markdown(table))
+        (out / f"{task}.tex").write_text(to_latex(table))
     return tables

@@ -2,11 +2,20 @@
 
 from repq.tracking.mlflow_tracker import (
     Tracker,
-    TrackingError,
     ensure_experiment,
     git_commit,
+    resolve_experiment,
     resolve_uri,
     run_tags,
+    sqlite_uri,
 )
 
-__all__ = ["Tracker", "TrackingError", "ensure_experiment", "git_commit", "resolve_uri", "run_tags"]
+__all__ = [
+    "Tracker",
+    "ensure_experiment",
+    "git_commit",
+    "resolve_experiment",
+    "resolve_uri",
+    "run_tags",
+    "sqlite_uri",
+]

@@ -1,10 +1,12 @@
 """MLflow runs for repq jobs.
 
-The tracking URI comes from the config (``tracking.uri``), else ``MLFLOW_TRACKING_URI``,
-else a SQLite database ``results/mlflow.db`` (MLflow 3's default store kind). The
-database and the experiment are created once (``repq tracking-init``, the first rule of
-the workflow) so that parallel jobs on one machine only ever add runs. A server URI is
-checked at start-up, so that an unreachable server fails the job before training.
+Where a job logs, in order: the config's ``tracking`` section, MLflow's own environment
+variables (``MLFLOW_TRACKING_URI``, ``MLFLOW_EXPERIMENT_NAME``; the workflow sets them
+for its jobs), else a SQLite database ``results/mlflow.db`` and the experiment ``repq``.
+Artifacts of a SQLite store live beside it (``mlartifacts/``). The database and the
+experiment are created once (``repq tracking-init``, the first rule of the workflow) so
+that parallel jobs on one machine only ever add runs. A server URI is checked at
+start-up, so that an unreachable server fails the job before training.
 """
 
 from __future__ import annotations
@@ -17,20 +19,27 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DB = Path("results") / "mlflow.db"
-DEFAULT_ARTIFACTS = Path("results") / "mlartifacts"
+from repq.errors import TrackingError
+from repq.vocab import Stage
+
+DEFAULT_STORE = Path("results") / "mlflow.db"
+DEFAULT_EXPERIMENT = "repq"
+ARTIFACTS_BESIDE_STORE = "mlartifacts"
 
 
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used; the message names the URI."""
+def sqlite_uri(database: str | Path) -> str:
+    """The MLflow URI of a SQLite database file (absolute)."""
+    return f"sqlite:///{Path(database).resolve()}"
 
 
 def resolve_uri(config_uri: str | None) -> str:
     """The tracking URI of a job: config, then environment, then the SQLite default."""
-    uri = config_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    return f"sqlite:///{DEFAULT_DB.resolve()}"
+    return config_uri or os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(DEFAULT_STORE)
+
+
+def resolve_experiment(config_name: str | None) -> str:
+    """The experiment of a job: config, then environment, then ``repq``."""
+    return config_name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -50,10 +59,12 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 
 def _artifact_location(uri: str, artifacts: str | None) -> str | None:
+    """``artifacts`` if given; beside the database for SQLite; else the server's choice."""
     if artifacts:
         return Path(artifacts).resolve().as_uri()
     if uri.startswith("sqlite:///"):
-        return DEFAULT_ARTIFACTS.resolve().as_uri()
+        database = Path(uri.removeprefix("sqlite:///"))
+        return (database.parent / ARTIFACTS_BESIDE_STORE).resolve().as_uri()
     return None
 
 
@@ -82,15 +93,14 @@ def git_commit() -> str:
         return "unknown"
 
 
-def run_tags(
-    config: dict, stage: str, method: str | None, bits: int | None, job: str
-) -> dict[str, str]:
-    """The tags of a job's run: architecture, stage, method, bits, seed, commit, job."""
+def run_tags(config: dict, stage: Stage, job: str) -> dict[str, str]:
+    """The tags of a job's run: architecture, task, stage, method, bits, seed, commit, job."""
     return {
         "architecture": config["model"]["name"],
-        "stage": stage,
-        "method": method or "fp",
-        "bits": str(bits or 32),
+        "task": config["task"],
+        "stage": str(stage),
+        "method": stage.method or stage.name,
+        "bits": str(stage.bit_width),
         "seed": str(config["train"].get("seed", 0)),
         "git_commit": git_commit(),
         "job": job,
@@ -103,7 +113,7 @@ class Tracker:
     def __init__(self, tracking: dict[str, Any], enabled: bool = True) -> None:
         self.enabled = enabled
         self.uri = resolve_uri(tracking.get("uri"))
-        self.experiment = tracking.get("experiment", "repq")
+        self.experiment = resolve_experiment(tracking.get("experiment"))
         self.artifacts = tracking.get("artifacts")
         self.group = tracking.get("group") or os.environ.get("REPQ_PIPELINE")
         self.run_id: str | None = None

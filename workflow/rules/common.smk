@@ -4,7 +4,7 @@ from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
-from repq import pipeline
+from repq import pipeline, vocab
 
 min_version("9.0")
 
@@ -19,18 +19,20 @@ GPUS = RESOURCES.get("gpus", 0)
 MINI = config.get("mini")
 MINI_OUT = (MINI or {}).get("out", f"{RESULTS}/mini")
 EXPERIMENTS, STAGES = zip(*pipeline.all_stages(config))
+TASKS = pipeline.tasks(config)
 RUN = f"{RESULTS}/runs/{{experiment}}/{{stage}}"
 TABLES = f"{RESULTS}/tables"
 ENV = "../../environment.yml"
 
-# One id per pipeline invocation, inherited by every job (also by cluster jobs, which
-# see it in their environment): it tags the MLflow runs of this invocation.
+# Every job inherits these (also cluster jobs): where MLflow runs go, and one id per
+# pipeline invocation that tags the runs of this invocation.
+os.environ.update(pipeline.tracking_env(config, os.environ, RESULTS))
 os.environ.setdefault("REPQ_PIPELINE", uuid.uuid4().hex[:12])
 
 
 wildcard_constraints:
     experiment="|".join(config["experiments"]),
-    stage="fp|fp-bnest|qat-(merged|repq|bnest)-(8|4)",
+    stage=vocab.stage_pattern(),
 
 
 def repq_command(gpus):
@@ -57,10 +59,8 @@ def data_ready(wildcards):
 
 def init_model(wildcards):
     """A QAT stage's FP (or FP-BNest) model; nothing for the FP stages."""
-    if not wildcards.stage.startswith("qat-"):
-        return []
     stage = pipeline.init_stage(wildcards.stage)
-    return f"{RESULTS}/runs/{wildcards.experiment}/{stage}/model.pt"
+    return [] if stage is None else f"{RESULTS}/runs/{wildcards.experiment}/{stage}/model.pt"
 
 
 def init_arg(wildcards, input):

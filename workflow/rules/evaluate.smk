@@ -1,8 +1,11 @@
 rule evaluate:
     input:
-        model=rules.train.output.model,
+        models=lambda w: [
+            f"{RESULTS}/runs/{w.experiment}/{stage}/model.pt"
+            for stage in pipeline.stages(config, w.experiment)
+        ],
     output:
-        f"{RUN}/eval.json",
+        f"{RESULTS}/runs/{{experiment}}/evaluation.json",
     params:
         recipe=recipe,
         overrides=set_args,
@@ -11,9 +14,9 @@ rule evaluate:
         mem_mb=RESOURCES.get("mem_mb", 2000),
         runtime=RESOURCES.get("eval_runtime", 30),
     log:
-        f"{RESULTS}/logs/evaluate/{{experiment}}/{{stage}}.log",
+        f"{RESULTS}/logs/evaluate/{{experiment}}.log",
     conda:
         ENV
     shell:
-        "repq evaluate {params.recipe} --model-file {input.model} --out {output} "
+        "repq evaluate {params.recipe} {input.models} --out {output} "
         "--threads {threads} {params.overrides} > {log} 2>&1"

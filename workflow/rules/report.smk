@@ -1,26 +1,21 @@
 rule tables:
     input:
-        expand(f"{RUN}/eval.json", zip, experiment=EXPERIMENTS, stage=STAGES),
+        expand(f"{RESULTS}/runs/{{experiment}}/evaluation.json", experiment=config["experiments"]),
     output:
-        classification=report(
-            f"{TABLES}/classification.csv", category="Tables", labels={"table": "classification"}
-        ),
-        superres=report(
-            f"{TABLES}/superres.csv", category="Tables", labels={"table": "super-resolution"}
-        ),
-        markdown=[f"{TABLES}/classification.md", f"{TABLES}/superres.md"],
-        latex=[f"{TABLES}/classification.tex", f"{TABLES}/superres.tex"],
+        csv=[
+            report(f"{TABLES}/{task}.csv", category="Tables", labels={"table": task})
+            for task in TASKS
+        ],
+        markdown=expand(f"{TABLES}/{{task}}.md", task=TASKS),
+        latex=expand(f"{TABLES}/{{task}}.tex", task=TASKS),
         figure=report(f"{TABLES}/drop.png", category="Figures", labels={"figure": "drop"}),
         figure_svg=f"{TABLES}/drop.svg",
     params:
-        recipe=config["experiments"][EXPERIMENTS[0]]["recipe"],
-        overrides=pipeline.tracking_args(config),
-        runs=lambda w, input: Path(input[0]).parents[2],
+        runs=lambda w, input: Path(input[0]).parents[1],
         out=parent,
     log:
         f"{RESULTS}/logs/tables.log",
     conda:
         ENV
     shell:
-        "repq report tables {params.recipe} --runs {params.runs} --out {params.out} "
-        "{params.overrides} > {log} 2>&1"
+        "repq report tables --runs {params.runs} --out {params.out} > {log} 2>&1"

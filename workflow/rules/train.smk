@@ -17,7 +17,6 @@ rule train:
         ),
     params:
         recipe=recipe,
-        stage=lambda w: pipeline.stage_args(w.stage),
         init=init_arg,
         out=parent,
         overrides=set_args,
@@ -34,5 +33,6 @@ rule train:
     conda:
         ENV
     shell:
-        "{params.repq} train {params.recipe} {params.stage} {params.init} --out {params.out} "
+        "{params.repq} train {params.recipe} --stage {wildcards.stage} {params.init} "
+        "--out {params.out} "
         "--resume-dir {params.resume} --threads {threads} {params.overrides} > {log} 2>&1"

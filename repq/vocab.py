@@ -1,0 +1,205 @@
+"""The experiment's vocabulary, defined once: bit widths, QAT methods, stages, tasks and
+architectures. Torch-free, so that the workflow, the command line, the engine and the
+report all read it without paying for torch.
+
+A *stage* is one training job of an experiment: ``fp`` (the float model), an FP stage
+of a method that trains its own float model (``fp-bnest``: RepQ-BNest replaces BN by BN
+estimation in both stages, S1), or ``qat-<method>-<bits>``. Its one spelling is
+``str(stage)``; :meth:`Stage.parse` reads it back and :attr:`Stage.display` is what a
+table shows (``4-bit RepQ``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from repq.errors import ConfigError
+
+BITS: tuple[int, ...] = (8, 4)
+"""The QAT bit widths of the paper (Table S1 has a steps' LR for each)."""
+
+FP_BITS = 32
+FP = "fp"
+
+
+@dataclass(frozen=True)
+class Method:
+    """A QAT method of the paper (its model transformation lives in :mod:`repq.qat`).
+
+    ``fp_variant`` names a float model of the method's own (``"BNest"``: stage
+    ``fp-bnest``, shown as ``FP-BNest``), else the method starts from ``fp``;
+    ``needs_norm``: the method applies only to architectures with BatchNorm;
+    ``lr_keys``: the ``train.lr`` key per bit width where it is not ``quantized``.
+    """
+
+    name: str
+    display: str
+    fp_variant: str | None = None
+    needs_norm: bool = False
+    lr_keys: tuple[tuple[int, str], ...] = ()
+
+    @property
+    def fp_stage(self) -> str:
+        """The FP stage whose model this method starts from."""
+        return f"{FP}-{self.fp_variant.lower()}" if self.fp_variant else FP
+
+    @property
+    def fp_display(self) -> str:
+        return f"FP-{self.fp_variant}" if self.fp_variant else "FP"
+
+    def lr_key(self, bits: int) -> str:
+        """The ``train.lr`` key of a run of this method at ``bits`` (Table S1)."""
+        return dict(self.lr_keys).get(bits, "quantized")
+
+    def applies_to(self, architecture: str) -> bool:
+        return not self.needs_norm or ARCHITECTURES[architecture].has_norm
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("merged", "Merged", lr_keys=((8, "merged_8bit"),)),
+        Method("repq", "RepQ"),
+        Method("bnest", "RepQ-BNest", fp_variant="BNest", needs_norm=True),
+    )
+}
+"""The QAT methods, in table order. A new method is one entry here and one handler in
+:data:`repq.qat.HANDLERS`."""
+
+
+def method(name: str) -> Method:
+    """The registered method ``name``, or a ConfigError naming the choices."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ConfigError(f"unknown QAT method {name!r}; choose one of {list(METHODS)}") from None
+
+
+def fp_stages() -> list[str]:
+    """Every FP stage (``fp`` first, then each method's own, in registry order)."""
+    return list(dict.fromkeys([FP, *(m.fp_stage for m in METHODS.values())]))
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage: an FP stage (``method`` and ``bits`` unset) or QAT."""
+
+    name: str
+    method: str | None = None
+    bits: int | None = None
+
+    @classmethod
+    def qat(cls, method_name: str, bits: int) -> Stage:
+        return cls("qat", method_name, bits)
+
+    @classmethod
+    def parse(cls, text: str) -> Stage:
+        """The stage spelt ``text`` (``fp``, ``fp-bnest``, ``qat-repq-4``)."""
+        if text in fp_stages():
+            return cls(text)
+        match = re.fullmatch(r"qat-(\w+)-(\d+)", text)
+        if match and match[1] in METHODS and int(match[2]) in BITS:
+            return cls.qat(match[1], int(match[2]))
+        raise ConfigError(f"unknown stage {text!r}; stages are {stage_pattern()}")
+
+    def __str__(self) -> str:
+        return f"qat-{self.method}-{self.bits}" if self.is_qat else self.name
+
+    @property
+    def is_qat(self) -> bool:
+        return self.name == "qat"
+
+    @property
+    def display(self) -> str:
+        """``FP``, ``FP-BNest``, ``4-bit RepQ``."""
+        if self.is_qat:
+            return f"{self.bits}-bit {METHODS[self.method].display}"
+        owner = next((m for m in METHODS.values() if m.fp_stage == self.name), None)
+        return owner.fp_display if owner else "FP"
+
+    @property
+    def init(self) -> Stage | None:
+        """The FP stage a QAT stage starts from (none for an FP stage)."""
+        return Stage(METHODS[self.method].fp_stage) if self.is_qat else None
+
+    @property
+    def lr_key(self) -> str:
+        """The ``train.lr`` key of this stage (Table S1)."""
+        return METHODS[self.method].lr_key(self.bits) if self.is_qat else "fp"
+
+    @property
+    def bit_width(self) -> int:
+        return self.bits if self.is_qat else FP_BITS
+
+
+def stage_names(qat_only: bool = False) -> list[str]:
+    """Every stage name: the FP stages, then QAT per bit width and method."""
+    qat = [str(Stage.qat(m, b)) for b in BITS for m in METHODS]
+    return qat if qat_only else fp_stages() + qat
+
+
+def stage_pattern() -> str:
+    """A regular expression matching every stage name (Snakemake's wildcard)."""
+    fp = "|".join(re.escape(s) for s in fp_stages())
+    methods = "|".join(METHODS)
+    bits = "|".join(str(b) for b in BITS)
+    return f"{fp}|qat-({methods})-({bits})"
+
+
+@dataclass(frozen=True)
+class Task:
+    """A kind of experiment: its metrics (``<metric>`` or ``<metric>/<test set>``), the
+    primary metric and how a run's reported checkpoint is selected (S1)."""
+
+    name: str
+    display: str
+    metrics: tuple[str, ...]
+    primary: str
+    selection: str
+
+
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task("classification", "ImageNet classification", ("top1",), "top1", "best"),
+        Task("superres", "Super-resolution", ("psnr", "ssim"), "psnr", "last"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """An architecture of the model zoo: its task, whether it has BN, its table name."""
+
+    name: str
+    display: str
+    task: str
+    has_norm: bool = True
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    a.name: a
+    for a in (
+        Architecture("repvgg_a0", "RepVGG-A0", "classification"),
+        Architecture("repvgg_b0", "RepVGG-B0", "classification"),
+        Architecture("ac_resnet18", "AC-ResNet-18", "classification"),
+        Architecture("orepa_resnet18", "OREPA-ResNet-18", "classification"),
+        Architecture("resnet18", "ResNet-18", "classification"),
+        Architecture("ecbsr", "ECBSR", "superres", has_norm=False),
+    )
+}
+
+
+def display_name(architecture: str) -> str:
+    """The table name of an architecture (its own name when it is not in the zoo)."""
+    known = ARCHITECTURES.get(architecture)
+    return known.display if known else architecture
+
+
+def stages(architecture: str, methods: list[str], bits: list[int]) -> list[Stage]:
+    """Every training stage of an experiment: FP stages first, then QAT per bit width
+    and method (the methods that apply to the architecture)."""
+    chosen = [METHODS[m] for m in methods if METHODS[m].applies_to(architecture)]
+    fp = list(dict.fromkeys([FP, *(m.fp_stage for m in chosen)]))
+    return [Stage(s) for s in fp] + [Stage.qat(m.name, b) for b in bits for m in chosen]

@@ -1,0 +1,29 @@
+"""Hand-made workflow results (``runs/<experiment>/evaluation.json`` and each run's
+``config.json``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def write_run(
+    runs: Path,
+    experiment: str,
+    stage: str,
+    metrics: dict[str, float],
+    model: str = "repvgg_a0",
+    task: str = "classification",
+    data: dict | None = None,
+) -> Path:
+    """Add one evaluated run as the workflow writes it; returns its folder."""
+    folder = runs / experiment / stage
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"model": {"name": model}, "task": task, "data": data or {}, "train": {}}
+    (folder / "config.json").write_text(json.dumps(config))
+    evaluation = runs / experiment / "evaluation.json"
+    content = json.loads(evaluation.read_text()) if evaluation.exists() else {"results": []}
+    entry = {"task": task, "model": model, "stage": stage, "metrics": metrics}
+    content["results"].append(entry)
+    evaluation.write_text(json.dumps(content))
+    return folder
