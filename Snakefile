@@ -14,5 +14,5 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         rules.tables.output,
-        expand(f"{RUN}/curve.png", zip, experiment=EXPERIMENTS, stage=STAGES),
+        expand(f"{RUN}/curve.png", zip, experiment=EXPERIMENTS, seed=SEEDS, stage=STAGES),
     default_target: True

@@ -118,10 +118,10 @@ def _add_precision(sub) -> None:
     _config_args(p)
     p.add_argument(
         "--stage",
-        choices=stage_names(qat_only=True),
+        choices=stage_names(quantized_only=True),
         required=True,
         metavar="STAGE",
-        help=f"one of {', '.join(stage_names(qat_only=True))}",
+        help=f"one of {', '.join(stage_names(quantized_only=True))}",
     )
 
 
@@ -144,9 +144,10 @@ def _add_report(sub) -> None:
     commands = report.add_subparsers(dest="report_command", required=True)
     tables = commands.add_parser(
         "tables",
-        help="the paper's tables and the drop figure from every eval.json",
-        description="Write one table per task (CSV, Markdown, LaTeX) and drop.png/svg into "
-        "--out, and log them to one MLflow run.",
+        help="the paper's tables, the claims and the Δ figure from every evaluation",
+        description="Write one table per task (CSV, Markdown, LaTeX), runs.csv (every "
+        "measured value), claims.csv/md and drop.png/svg into --out, and log them to one "
+        "MLflow run.",
     )
     tables.add_argument("--runs", type=Path, required=True, help="results/runs")
     tables.add_argument("--out", type=Path, required=True, help="results/tables")
@@ -195,12 +196,12 @@ def _train(args: argparse.Namespace) -> None:
     from repq.engine.trainer import Job, train
 
     stage = Stage.parse(args.stage)
-    if stage.is_qat and args.init is None:
+    if stage.quantized and args.init is None:
         raise ConfigError(f"--stage {stage} needs --init (the {stage.init} model.pt)")
-    if not stage.is_qat and args.init is not None:
-        raise ConfigError(f"--init applies to QAT stages only, not {stage}")
+    if not stage.quantized and args.init is not None:
+        raise ConfigError(f"--init applies to PTQ and QAT stages only, not {stage}")
     config = load_config(args.config, args.overrides)
-    if args.print_precision and stage.is_qat:
+    if args.print_precision and stage.quantized:
         _print_precision(config, stage)
     job = Job(config, stage, args.out, args.init, args.resume_dir, args.threads)
     result = train(job)
@@ -240,18 +241,16 @@ def _tracking_init(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from repq.report.figures import drop_figure
-    from repq.report.tables import write_tables
+    from repq.report import write_report
     from repq.tracking import Tracker, git_commit
 
-    tables = write_tables(args.runs, args.out)
-    drop_figure(tables, args.out / "drop")
+    written = write_report(args.runs, args.out)
     tracker = Tracker({"uri": args.tracking_uri, "experiment": args.experiment})
     tracker.start("report", {"job": "report", "git_commit": git_commit()}, {})
-    for path in sorted(args.out.glob("*.*")):
+    for path in written:
         tracker.log_artifact(path)
     tracker.finish()
-    print(f"tables and figures written to {args.out}")
+    print(f"tables, claims and figures written to {args.out}")
 
 
 def _demo_summary(args: argparse.Namespace) -> None:

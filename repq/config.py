@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -39,15 +41,65 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
     return config
 
 
+YAML12_INT = re.compile(r"[-+]?[0-9]+")
+YAML12_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+YAML12_SPECIAL = {".inf": math.inf, "+.inf": math.inf, "-.inf": -math.inf, ".nan": math.nan}
+
+
+def yaml12_number(text: str) -> int | float | None:
+    """The number ``text`` spells in YAML 1.2 (``1e-3``, ``1.0e12``, ``-.inf``), else None.
+
+    PyYAML follows YAML 1.1, which reads ``1e-3`` as a string; Snakemake's ``--config``
+    reads list items as strings."""
+    if YAML12_INT.fullmatch(text):
+        return int(text)
+    if YAML12_FLOAT.fullmatch(text):
+        return float(text)
+    return YAML12_SPECIAL.get(text.lower())
+
+
+def _wants_number(schema: dict) -> bool:
+    kinds = schema.get("type", [])
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    enum = schema.get("enum", [])
+    numeric_enum = bool(enum) and all(isinstance(v, int | float) for v in enum)
+    return numeric_enum or "number" in kinds or "integer" in kinds
+
+
+def coerce_numbers(instance: Any, schema: dict) -> Any:
+    """``instance`` with every string that ``schema`` wants as a number (a ``number`` or
+    ``integer`` type, or a numeric enum) and that spells a YAML 1.2 number replaced by
+    that number; everything else unchanged."""
+    if isinstance(instance, str):
+        number = yaml12_number(instance) if _wants_number(schema) else None
+        return instance if number is None else number
+    if isinstance(instance, dict):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        return {
+            key: coerce_numbers(
+                value, properties.get(key, extra if isinstance(extra, dict) else {})
+            )
+            for key, value in instance.items()
+        }
+    if isinstance(instance, list):
+        items = schema.get("items", {})
+        return [coerce_numbers(value, items) for value in instance]
+    return instance
+
+
 def _schema() -> dict:
     text = resources.files("repq").joinpath("recipe.schema.yaml").read_text()
     return yaml.safe_load(text)
 
 
 def validate(config: dict) -> dict:
-    """Check a resolved job config against ``repq/recipe.schema.yaml``."""
+    """Check a resolved job config against ``repq/recipe.schema.yaml`` (YAML 1.2 numbers
+    written as strings are read as numbers first); returns the checked config."""
+    schema = _schema()
+    config = coerce_numbers(config, schema)
     errors = sorted(
-        jsonschema.Draft202012Validator(_schema()).iter_errors(config),
+        jsonschema.Draft202012Validator(schema).iter_errors(config),
         key=lambda e: list(e.absolute_path),
     )
     if errors:

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from repq import vocab
+from repq.config import coerce_numbers
 from repq.tracking.mlflow_tracker import sqlite_uri
 
 
@@ -33,24 +34,36 @@ def task_of(experiment: dict) -> str:
     return _recipe(experiment)["task"]
 
 
+def coerce_config(config: dict, schema_path: str) -> dict:
+    """The workflow config with YAML 1.2 numbers where its schema wants numbers (Snakemake
+    reads ``--config bits=[4]`` as the string ``'4'``)."""
+    return coerce_numbers(config, yaml.safe_load(Path(schema_path).read_text()))
+
+
 def tasks(config: dict) -> list[str]:
     """The tasks of the configured experiments (the report writes one table each)."""
     return list(dict.fromkeys(task_of(e) for e in config["experiments"].values()))
 
 
 def stages(config: dict, name: str) -> list[str]:
-    """Every training stage of an experiment, FP stages first."""
+    """Every stage of an experiment, FP stages first (PTQ unless ``ptq: false``)."""
     architecture = _recipe(config["experiments"][name])["model"]["name"]
-    return [str(s) for s in vocab.stages(architecture, config["methods"], config["bits"])]
+    chosen = vocab.stages(architecture, config["methods"], config["bits"], config["ptq"])
+    return [str(s) for s in chosen]
 
 
-def all_stages(config: dict) -> list[tuple[str, str]]:
-    """``(experiment, stage)`` of every training job."""
-    return [(name, stage) for name in config["experiments"] for stage in stages(config, name)]
+def all_runs(config: dict) -> list[tuple[str, int, str]]:
+    """``(experiment, seed, stage)`` of every training (or calibration) job."""
+    return [
+        (name, seed, stage)
+        for name in config["experiments"]
+        for seed in config["seeds"]
+        for stage in stages(config, name)
+    ]
 
 
 def init_stage(stage: str) -> str | None:
-    """The FP stage a QAT stage starts from; ``None`` for an FP stage."""
+    """The FP stage a quantized stage starts from; ``None`` for an FP stage."""
     init = vocab.Stage.parse(stage).init
     return None if init is None else str(init)
 
@@ -66,10 +79,12 @@ def overrides(config: dict, name: str) -> dict:
     return {**shared, **experiment.get("overrides", {})}
 
 
-def set_args(config: dict, name: str) -> str:
-    """Shell-quoted ``--set key=value`` arguments of an experiment's jobs (JSON values,
-    which YAML reads back)."""
+def set_args(config: dict, name: str, seed: int | None = None) -> str:
+    """Shell-quoted ``--set key=value`` arguments of an experiment's jobs (at one seed,
+    if given; JSON values, which YAML reads back)."""
     values = overrides(config, name)
+    if seed is not None:
+        values = {**values, "train.seed": seed}
     return " ".join(f"--set {_quote(f'{k}={json.dumps(v)}')}" for k, v in values.items())
 
 

@@ -4,9 +4,10 @@ report all read it without paying for torch.
 
 A *stage* is one training job of an experiment: ``fp`` (the float model), an FP stage
 of a method that trains its own float model (``fp-bnest``: RepQ-BNest replaces BN by BN
-estimation in both stages, S1), or ``qat-<method>-<bits>``. Its one spelling is
-``str(stage)``; :meth:`Stage.parse` reads it back and :attr:`Stage.display` is what a
-table shows (``4-bit RepQ``).
+estimation in both stages, S1), ``ptq-<bits>`` (the merged FP model quantized and
+calibrated, not trained: the paper's first baseline) or ``qat-<method>-<bits>``. Its
+one spelling is ``str(stage)``; :meth:`Stage.parse` reads it back and
+:attr:`Stage.display` is what a table shows (``4-bit RepQ``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ BITS: tuple[int, ...] = (8, 4)
 
 FP_BITS = 32
 FP = "fp"
+PTQ = "ptq"
+PTQ_METHOD = "merged"
+"""Post-training quantization quantizes the merged model, as the Merged baseline does,
+and stops after calibration."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,7 @@ def fp_stages() -> list[str]:
 
 @dataclass(frozen=True)
 class Stage:
-    """One training stage: an FP stage (``method`` and ``bits`` unset) or QAT."""
+    """One stage: an FP stage (``method`` and ``bits`` unset), PTQ (``bits``) or QAT."""
 
     name: str
     method: str | None = None
@@ -94,49 +99,88 @@ class Stage:
         return cls("qat", method_name, bits)
 
     @classmethod
+    def ptq(cls, bits: int) -> Stage:
+        return cls(PTQ, bits=bits)
+
+    @classmethod
     def parse(cls, text: str) -> Stage:
-        """The stage spelt ``text`` (``fp``, ``fp-bnest``, ``qat-repq-4``)."""
+        """The stage spelt ``text`` (``fp``, ``fp-bnest``, ``ptq-8``, ``qat-repq-4``)."""
         if text in fp_stages():
             return cls(text)
-        match = re.fullmatch(r"qat-(\w+)-(\d+)", text)
-        if match and match[1] in METHODS and int(match[2]) in BITS:
-            return cls.qat(match[1], int(match[2]))
+        ptq = re.fullmatch(rf"{PTQ}-(\d+)", text)
+        if ptq and int(ptq[1]) in BITS:
+            return cls.ptq(int(ptq[1]))
+        qat = re.fullmatch(r"qat-(\w+)-(\d+)", text)
+        if qat and qat[1] in METHODS and int(qat[2]) in BITS:
+            return cls.qat(qat[1], int(qat[2]))
         raise ConfigError(f"unknown stage {text!r}; stages are {stage_pattern()}")
 
     def __str__(self) -> str:
-        return f"qat-{self.method}-{self.bits}" if self.is_qat else self.name
+        if self.is_qat:
+            return f"qat-{self.method}-{self.bits}"
+        return f"{PTQ}-{self.bits}" if self.is_ptq else self.name
 
     @property
     def is_qat(self) -> bool:
         return self.name == "qat"
 
     @property
-    def display(self) -> str:
-        """``FP``, ``FP-BNest``, ``4-bit RepQ``."""
+    def is_ptq(self) -> bool:
+        return self.name == PTQ
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the stage's model is quantized (PTQ or QAT)."""
+        return self.is_qat or self.is_ptq
+
+    @property
+    def trains(self) -> bool:
+        """Whether the stage trains (PTQ only calibrates)."""
+        return not self.is_ptq
+
+    @property
+    def quant_method(self) -> str | None:
+        """The method whose model transformation the stage uses (PTQ: the Merged one)."""
+        return PTQ_METHOD if self.is_ptq else self.method
+
+    @property
+    def method_display(self) -> str:
+        """The stage without its bit width: ``FP``, ``FP-BNest``, ``PTQ``, ``RepQ``."""
         if self.is_qat:
-            return f"{self.bits}-bit {METHODS[self.method].display}"
+            return METHODS[self.method].display
+        if self.is_ptq:
+            return "PTQ"
         owner = next((m for m in METHODS.values() if m.fp_stage == self.name), None)
         return owner.fp_display if owner else "FP"
 
     @property
+    def display(self) -> str:
+        """``FP``, ``FP-BNest``, ``8-bit PTQ``, ``4-bit RepQ``."""
+        if self.quantized:
+            return f"{self.bits}-bit {self.method_display}"
+        return self.method_display
+
+    @property
     def init(self) -> Stage | None:
-        """The FP stage a QAT stage starts from (none for an FP stage)."""
-        return Stage(METHODS[self.method].fp_stage) if self.is_qat else None
+        """The FP stage a quantized stage starts from (none for an FP stage)."""
+        if self.is_qat:
+            return Stage(METHODS[self.method].fp_stage)
+        return Stage(FP) if self.is_ptq else None
 
     @property
     def lr_key(self) -> str:
-        """The ``train.lr`` key of this stage (Table S1)."""
+        """The ``train.lr`` key of this stage (Table S1); PTQ does not train."""
         return METHODS[self.method].lr_key(self.bits) if self.is_qat else "fp"
 
     @property
     def bit_width(self) -> int:
-        return self.bits if self.is_qat else FP_BITS
+        return self.bits if self.quantized else FP_BITS
 
 
-def stage_names(qat_only: bool = False) -> list[str]:
-    """Every stage name: the FP stages, then QAT per bit width and method."""
-    qat = [str(Stage.qat(m, b)) for b in BITS for m in METHODS]
-    return qat if qat_only else fp_stages() + qat
+def stage_names(quantized_only: bool = False) -> list[str]:
+    """Every stage name: the FP stages, then per bit width PTQ and QAT per method."""
+    quantized = [str(s) for b in BITS for s in (Stage.ptq(b), *(Stage.qat(m, b) for m in METHODS))]
+    return quantized if quantized_only else fp_stages() + quantized
 
 
 def stage_pattern() -> str:
@@ -144,7 +188,7 @@ def stage_pattern() -> str:
     fp = "|".join(re.escape(s) for s in fp_stages())
     methods = "|".join(METHODS)
     bits = "|".join(str(b) for b in BITS)
-    return f"{fp}|qat-({methods})-({bits})"
+    return f"{fp}|{PTQ}-({bits})|qat-({methods})-({bits})"
 
 
 @dataclass(frozen=True)
@@ -197,9 +241,14 @@ def display_name(architecture: str) -> str:
     return known.display if known else architecture
 
 
-def stages(architecture: str, methods: list[str], bits: list[int]) -> list[Stage]:
-    """Every training stage of an experiment: FP stages first, then QAT per bit width
-    and method (the methods that apply to the architecture)."""
+def stages(architecture: str, methods: list[str], bits: list[int], ptq: bool = True) -> list[Stage]:
+    """Every stage of an experiment: FP stages first, then per bit width PTQ (if ``ptq``)
+    and QAT per method (the methods that apply to the architecture)."""
     chosen = [METHODS[m] for m in methods if METHODS[m].applies_to(architecture)]
     fp = list(dict.fromkeys([FP, *(m.fp_stage for m in chosen)]))
-    return [Stage(s) for s in fp] + [Stage.qat(m.name, b) for b in bits for m in chosen]
+    quantized = [
+        s
+        for b in bits
+        for s in ([Stage.ptq(b)] if ptq else []) + [Stage.qat(m.name, b) for m in chosen]
+    ]
+    return [Stage(s) for s in fp] + quantized

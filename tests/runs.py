@@ -1,5 +1,5 @@
-"""Hand-made workflow results (``runs/<experiment>/evaluation.json`` and each run's
-``config.json``)."""
+"""Hand-made workflow results (``runs/<experiment>/seed<k>/evaluation.json`` and each
+run's ``config.json``)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,21 @@ def write_run(
     model: str = "repvgg_a0",
     task: str = "classification",
     data: dict | None = None,
+    seed: int = 0,
+    train: dict | None = None,
 ) -> Path:
     """Add one evaluated run as the workflow writes it; returns its folder."""
-    folder = runs / experiment / stage
+    seeded = runs / experiment / f"seed{seed}"
+    folder = seeded / stage
     folder.mkdir(parents=True, exist_ok=True)
-    config = {"model": {"name": model}, "task": task, "data": data or {}, "train": {}}
+    config = {
+        "model": {"name": model},
+        "task": task,
+        "data": data or {},
+        "train": {**(train or {}), "seed": seed},
+    }
     (folder / "config.json").write_text(json.dumps(config))
-    evaluation = runs / experiment / "evaluation.json"
+    evaluation = seeded / "evaluation.json"
     content = json.loads(evaluation.read_text()) if evaluation.exists() else {"results": []}
     entry = {"task": task, "model": model, "stage": stage, "metrics": metrics}
     content["results"].append(entry)

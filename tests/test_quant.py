@@ -44,7 +44,7 @@ def test_lsq_matches_torch_learnable_fake_quant(
     x = torch.randn(6, 5, 4, 4) * 3
     if layout != "mixed":
         x = x.contiguous(memory_format=layout)
-    quantizer = LSQQuantizer(bits, signed, 6 if per_channel else None)
+    quantizer = LSQQuantizer(bits, signed, 6 if per_channel else None, init="lsq")
     quantizer.initialize(x)
     with torch.no_grad():
         quantizer.step.mul_(torch.rand_like(quantizer.step) + 0.5)
@@ -82,11 +82,11 @@ def test_an_empty_batch_passes_through_with_a_zero_step_gradient():
 
 def test_step_initialisation_follows_lsq():
     w = torch.randn(8, 4, 3, 3)
-    q = LSQQuantizer(4, True, 8)
+    q = LSQQuantizer(4, True, 8, init="lsq")
     q(w)
     expected = 2 * w.abs().mean(dim=(1, 2, 3)) / math.sqrt(7)
     assert torch.allclose(q.step, expected)
-    a = LSQQuantizer(8, False)
+    a = LSQQuantizer(8, False, init="lsq")
     x = torch.rand(2, 3, 5, 5)
     a(x)
     assert torch.allclose(a.step, 2 * x.abs().mean().reshape(1) / math.sqrt(255))

@@ -59,11 +59,12 @@ def job_counts(output: str) -> dict[str, int]:
 
 def test_dry_run_of_the_demo_plans_every_job(workdir):
     counts = job_counts(snakemake(workdir, "-n", "--cores", "2").stdout)
-    # 4 classifiers x (fp, fp-bnest, 3 methods x 2 bits) + ECBSR x2 x (fp, 2 methods x 2 bits)
+    # 4 classifiers x (fp, fp-bnest, (PTQ + 3 methods) x 2 bits)
+    # + ECBSR x2 x (fp, (PTQ + 2 methods) x 2 bits); one evaluation per experiment
     assert counts == {
         "prepare_mini": 1,
         "tracking_init": 1,
-        "train": 4 * 8 + 5,
+        "train": 4 * 10 + 7,
         "evaluate": 5,
         "tables": 1,
         "all": 1,
@@ -77,7 +78,7 @@ def test_dry_run_of_the_paper_plans_every_job(workdir):
     assert counts == {
         "check_data": 6,
         "tracking_init": 1,
-        "train": 4 * 8 + 2 * 5,
+        "train": 4 * 10 + 2 * 7,
         "evaluate": 6,
         "tables": 1,
         "all": 1,
@@ -151,12 +152,16 @@ def test_micro_pipeline_end_to_end(workdir):
     classification = pd.read_csv(tables / "classification.csv")
     superres = pd.read_csv(tables / "superres.csv")
     assert list(classification["model"]) == ["RepVGG-A0"]
-    assert not classification.isna().any().any()
-    assert "no run" not in classification.to_string()
-    assert len(superres) == 5 and not superres.isna().any().any()
-    assert "no run" not in superres.to_string()
+    # one seed: every value is there, and no standard deviation
+    for table in (classification, superres):
+        stds = [c for c in table.columns if c.endswith(" std")]
+        assert table[stds].isna().all().all()
+        assert not table.drop(columns=stds).isna().any().any()
+        assert "no run" not in table.to_string()
+    assert len(superres) == 7
+    assert {"claims.md", "claims.csv", "runs.csv"} <= {p.name for p in tables.iterdir()}
     assert (tables / "drop.png").stat().st_size > 0 and (tables / "classification.tex").exists()
-    evaluation = json.loads((workdir / "results/runs/repvgg_a0/evaluation.json").read_text())
+    evaluation = json.loads((workdir / "results/runs/repvgg_a0/seed0/evaluation.json").read_text())
     evaluated = next(r for r in evaluation["results"] if r["stage"] == "qat-repq-4")
     assert classification.loc[0, "4-bit RepQ"] == pytest.approx(evaluated["metrics"]["top1"])
 
@@ -164,7 +169,7 @@ def test_micro_pipeline_end_to_end(workdir):
     experiment = client.get_experiment_by_name("micro")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     jobs = [r.data.tags["job"] for r in runs]
-    assert jobs.count("train") == 13 and jobs.count("evaluate") == 13 and jobs.count("report") == 1
+    assert jobs.count("train") == 17 and jobs.count("evaluate") == 17 and jobs.count("report") == 1
     assert len({r.data.tags["pipeline"] for r in runs}) == 1
 
     # One changed hyperparameter reruns only the jobs it affects.
@@ -174,7 +179,7 @@ def test_micro_pipeline_end_to_end(workdir):
     result = snakemake(
         workdir, "-n", "--cores", "2", "--configfile", "micro.yaml", "--config", change
     )
-    assert job_counts(result.stdout) == {"train": 5, "evaluate": 1, "tables": 1, "all": 1}
+    assert job_counts(result.stdout) == {"train": 7, "evaluate": 1, "tables": 1, "all": 1}
     assert "experiment=repvgg_a0" not in result.stdout
     assert (
         snakemake(workdir, "-n", "--cores", "2", "--configfile", "micro.yaml").stdout.count(

@@ -10,6 +10,7 @@ from repq.engine.checkpoint import load_checkpoint, load_state
 from repq.errors import CheckpointError
 from repq.models import create
 from repq.qat import fp_form, prepare, to_deploy
+from repq.quant.init import QuantInit
 from repq.reparam import reparameterize
 from repq.vocab import Stage
 
@@ -32,19 +33,22 @@ def load_init(model: nn.Module, init: str | Path, stage: Stage) -> None:
 
 
 def build_model(config: dict, stage: Stage, init: str | Path | None = None) -> nn.Module:
-    """The trainable model of a job. A QAT job loads ``init`` (if given) into its float
-    model before :func:`repq.qat.prepare` (the Merged baseline merges that model)."""
-    if not stage.is_qat:
+    """The model of a job. A quantized stage loads ``init`` (if given) into its float
+    model before :func:`repq.qat.prepare` (PTQ and the Merged baseline merge that model);
+    its steps are initialised by the recipe's ``quant`` rules when it is calibrated."""
+    if not stage.quantized:
         return float_model(config, stage.name)
     model = float_model(config, stage.init.name)
     if init is not None:
         load_init(model, init, stage)
-    return prepare(model, stage.method, stage.bits, keep_bn=config["model"].get("bnest_keep_bn"))
+    keep_bn = config["model"].get("bnest_keep_bn")
+    quant = QuantInit.from_config(config)
+    return prepare(model, stage.quant_method, stage.bits, keep_bn=keep_bn, init=quant)
 
 
 def deploy_form(model: nn.Module, stage: Stage) -> nn.Module:
     """What would be deployed: the quantized deploy model, or the merged float model."""
-    return to_deploy(model) if stage.is_qat else reparameterize(model).eval()
+    return to_deploy(model) if stage.quantized else reparameterize(model).eval()
 
 
 def model_from_file(path: str | Path) -> tuple[nn.Module, dict, Stage]:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import itertools
 import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +34,9 @@ from repq.engine.checkpoint import atomic_write, load_checkpoint, save_checkpoin
 from repq.engine.optim import make_optimizer, make_scheduler, parameter_groups, run_lr
 from repq.engine.tasks import Task, make_task
 from repq.errors import ConfigError, TrainingDiverged
-from repq.qat import precision_tsv
+from repq.qat import calibrate, precision_tsv
+from repq.qat.health import clipped_fractions, float_health_rows, health_csv, health_rows
+from repq.quant.init import QuantInit
 from repq.quant.layers import QuantLayer
 from repq.tracking import Tracker, run_tags
 from repq.vocab import Stage
@@ -116,6 +120,8 @@ class Trainer:
         self.best: float | None = None
         self.best_epoch, self.best_metrics, self.best_state = -1, {}, None
         self.run_id: str | None = None
+        self.clipped_init: dict[str, float] = {}
+        self.epochs = self.train_cfg["epochs"] if job.stage.trains else 0
         self.digest = config_hash({**job.config, "_stage": str(job.stage)})
 
     def _loader(self) -> tuple[DataLoader, EpochSampler]:
@@ -164,6 +170,7 @@ class Trainer:
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self.best_metrics, self.best_state = state["best_metrics"], state["best_state"]
         self.run_id = state["run_id"]
+        self.clipped_init = state["clipped_init"]
         torch.set_rng_state(state["rng"])
         log.info("resumed %s at epoch %d from %s", self.job.name, self.epoch, path)
         return True
@@ -183,20 +190,27 @@ class Trainer:
             best_state=self.best_state,
             run_id=self.run_id,
             config_hash=self.digest,
+            clipped_init=self.clipped_init,
             rng=torch.get_rng_state(),
         )
 
     # -- training --------------------------------------------------------------------
 
-    @torch.no_grad()
-    def _calibrate(self) -> None:
-        """Initialise every LSQ step from one batch (eval mode: no statistics change)
-        before DDP broadcasts rank 0's parameters."""
-        if not self.job.stage.is_qat:
-            return
+    def _batches(self, count: int) -> Iterator[torch.Tensor]:
+        """The first ``count`` input batches of epoch 0, on the device."""
         self.sampler.set_epoch(0)
-        inputs, _ = next(iter(self.loader))
-        self.model.eval()(self._to_device(inputs))
+        for inputs, _ in itertools.islice(self.loader, count):
+            yield self._to_device(inputs)
+
+    def _calibrate(self) -> None:
+        """Initialise every LSQ step from the recipe's calibration batches (eval mode: no
+        statistics change) before DDP broadcasts rank 0's parameters, and record how
+        much of each layer's weight the initial steps clip."""
+        if not self.job.stage.quantized:
+            return
+        batches = QuantInit.from_config(self.job.config).calibration_batches
+        calibrate(self.model, self._batches(batches))
+        self.clipped_init = clipped_fractions(self.model)
 
     def _to_device(self, inputs: torch.Tensor) -> torch.Tensor:
         inputs = inputs.to(self.ctx.device, non_blocking=True)
@@ -291,7 +305,7 @@ class Trainer:
             if self.train_cfg.get("compile", False):
                 model = torch.compile(model)
             self._start_tracking()
-            while self.epoch < self.train_cfg["epochs"]:
+            while self.epoch < self.epochs:
                 stats = self._train_epoch(model)
                 if self.ctx.is_main:
                     self._record(stats, self._evaluate())
@@ -299,6 +313,8 @@ class Trainer:
                 if self.ctx.is_main:
                     self._save_resume()
                 distributed.barrier(self.ctx)
+            if not self.history and self.ctx.is_main:  # PTQ: the calibrated model as it is
+                self._record({}, self._evaluate())
             result = self._finish() if self.ctx.is_main else {}
             distributed.barrier(self.ctx)
             return result
@@ -309,6 +325,14 @@ class Trainer:
             distributed.teardown(self.ctx)
 
     # -- outputs ---------------------------------------------------------------------
+
+    def _health_rows(self) -> list[dict]:
+        """Per-layer quantization health on the first batch (float model: its deploy
+        weights' outlier ratios)."""
+        if not self.job.stage.quantized:
+            return float_health_rows(self.model)
+        batch = next(self._batches(1))
+        return health_rows(self.model, self.clipped_init, batch)
 
     def _finish(self) -> dict:
         out, job = self.job.out, self.job
@@ -325,7 +349,7 @@ class Trainer:
             "selection": self.task.select,
             "epoch": self.best_epoch,
             "metrics": self.best_metrics,
-            "images_per_sec": self.history[-1]["images_per_sec"],
+            "images_per_sec": self.history[-1].get("images_per_sec"),
             "run_id": self.run_id,
             "cpu_seconds": {"startup": self.startup_cpu, "total": time.process_time()},
         }
@@ -337,12 +361,14 @@ class Trainer:
             lambda tmp: curve_figure(out / "history.csv", tmp, job.name, self.task.primary),
         )
         _write_text(out / "precision.tsv", precision_tsv(self.model))
+        _write_text(out / "health.csv", health_csv(self._health_rows()))
         _write_text(out / "config.json", json.dumps(job.config, indent=2))
         _write_text(out / "metrics.json", json.dumps(result, indent=2))
         self.tracker.log_metrics(
             {f"final/{k}": v for k, v in self.best_metrics.items()}, self.epoch
         )
-        for name in ("metrics.json", "config.json", "precision.tsv", "history.csv", "deploy.pt"):
+        names = ("metrics.json", "config.json", "precision.tsv", "health.csv", "history.csv")
+        for name in (*names, "deploy.pt"):
             self.tracker.log_artifact(out / name)
         self.tracker.finish()
         return result

@@ -3,6 +3,7 @@ and RepQ-BNest (BN statistics estimated)."""
 
 from repq.qat.methods import HANDLERS, Handler, bnest_fp, fp_form, norm_blocks
 from repq.qat.prepare import (
+    calibrate,
     precision_table,
     precision_tsv,
     prepare,
@@ -17,6 +18,7 @@ __all__ = [
     "Handler",
     "RepQConv",
     "bnest_fp",
+    "calibrate",
     "fp_form",
     "norm_blocks",
     "precision_table",

@@ -5,12 +5,16 @@ precision the model's policy gives each layer (S1)."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from repq.qat.methods import HANDLERS
 from repq.qat.repq_conv import RepQConv
+from repq.quant.init import QuantInit
 from repq.quant.layers import QuantLayer, wrap_quantized
+from repq.quant.lsq import LSQQuantizer
 from repq.quant.policy import LayerPrecision, PrecisionPolicy
 from repq.reparam.base import ReparamBlock
 from repq.reparam.surgery import outermost, replace_modules
@@ -36,11 +40,13 @@ def prepare(
     bits: int,
     policy: PrecisionPolicy | None = None,
     keep_bn: int | None = None,
+    init: QuantInit | None = None,
 ) -> nn.Module:
     """A QAT copy of a float model for ``method`` at ``bits`` (the original is kept).
 
     A re-parametrized block becomes one :class:`RepQConv` (LSQ on its merged kernel);
-    a plain conv or linear a quantized layer."""
+    a plain conv or linear a quantized layer; ``init`` chooses the step initialisation
+    (see :func:`repq.qat.calibrate`)."""
     registered_method(method)
     policy = default_policy(model) if policy is None else policy
     qat = HANDLERS[method].qat_form(copy.deepcopy(model), keep_bn)
@@ -52,8 +58,8 @@ def prepare(
             return None
         precision = policy.layer(name, index[name], len(names), bits)
         if isinstance(module, ReparamBlock):
-            return RepQConv(module, precision)
-        return wrap_quantized(module, precision)
+            return RepQConv(module, precision, init)
+        return wrap_quantized(module, precision, init)
 
     replace_modules(qat, quantize)
     qat.precision_policy = policy
@@ -79,6 +85,27 @@ def to_deploy(model: nn.Module) -> nn.Module:
     deploy = copy.deepcopy(model)
     replace_modules(deploy, lambda _, m: m.to_deploy() if isinstance(m, QuantLayer) else None)
     return deploy.eval()
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable[Tensor]) -> nn.Module:
+    """Initialise every LSQ step of a prepared model from calibration ``batches``: float
+    forward passes in eval mode (RepQ blocks fold with running statistics, so weight
+    quantizers see the deploy kernels), each quantizer collecting its rule's estimate;
+    then every step is set. The model's BN statistics do not change."""
+    quantizers = [m for m in model.modules() if isinstance(m, LSQQuantizer)]
+    training = model.training
+    model.eval()
+    for quantizer in quantizers:
+        quantizer.start_calibration()
+    try:
+        for batch in batches:
+            model(batch)
+    finally:
+        for quantizer in quantizers:
+            quantizer.finish_calibration()
+        model.train(training)
+    return model
 
 
 def set_quantizers(model: nn.Module, enabled: bool) -> nn.Module:

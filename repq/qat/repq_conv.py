@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from repq.quant.init import QuantInit
 from repq.quant.layers import QuantLayer
 from repq.quant.policy import LayerPrecision
 from repq.reparam.base import ReparamBlock
@@ -20,8 +21,10 @@ from repq.reparam.stats import BatchStats, EstimatedStats, NormStats, running_st
 class RepQConv(QuantLayer):
     """A re-parametrized block trained through its quantized deploy kernel."""
 
-    def __init__(self, block: ReparamBlock, precision: LayerPrecision) -> None:
-        super().__init__(precision, block.out_channels)
+    def __init__(
+        self, block: ReparamBlock, precision: LayerPrecision, init: QuantInit | None = None
+    ) -> None:
+        super().__init__(precision, block.out_channels, init)
         self.block = block
         self._has_norm = block.has_norm
 

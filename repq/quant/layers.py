@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from repq.quant.init import QuantInit
 from repq.quant.lsq import LSQQuantizer
 from repq.quant.policy import LayerPrecision
 
@@ -16,11 +17,16 @@ from repq.quant.policy import LayerPrecision
 class QuantLayer(nn.Module, ABC):
     """Common part of every quantized layer: its precision and its two quantizers."""
 
-    def __init__(self, precision: LayerPrecision, out_channels: int) -> None:
+    def __init__(
+        self, precision: LayerPrecision, out_channels: int, init: QuantInit | None = None
+    ) -> None:
         super().__init__()
+        init = init or QuantInit()
         self.precision = precision
-        self.input_quant = LSQQuantizer(precision.input_bits, precision.input_signed)
-        self.weight_quant = LSQQuantizer(precision.weight_bits, True, out_channels)
+        self.input_quant = LSQQuantizer(
+            precision.input_bits, precision.input_signed, init=init.activation
+        )
+        self.weight_quant = LSQQuantizer(precision.weight_bits, True, out_channels, init.weight)
 
     @abstractmethod
     def float_weight(self) -> tuple[Tensor, Tensor | None]:
@@ -40,7 +46,9 @@ class QuantLayer(nn.Module, ABC):
         shell.weight.copy_(self.weight_quant(weight))
         if bias is not None:
             shell.bias.copy_(bias)
-        layer = wrap_quantized(shell, self.precision)
+        layer = wrap_quantized(
+            shell, self.precision, QuantInit(self.weight_quant.init, self.input_quant.init)
+        )
         layer.input_quant.load_state_dict(self.input_quant.state_dict())
         layer.weight_quant.load_state_dict(self.weight_quant.state_dict())
         layer.input_quant.enabled = self.input_quant.enabled
@@ -51,8 +59,10 @@ class QuantLayer(nn.Module, ABC):
 class QuantConv2d(QuantLayer):
     """``conv(Q_a(x), Q_w(W)) + b`` with the geometry of the conv it wraps."""
 
-    def __init__(self, conv: nn.Conv2d, precision: LayerPrecision) -> None:
-        super().__init__(precision, conv.out_channels)
+    def __init__(
+        self, conv: nn.Conv2d, precision: LayerPrecision, init: QuantInit | None = None
+    ) -> None:
+        super().__init__(precision, conv.out_channels, init)
         if conv.padding_mode != "zeros":
             raise ValueError(f"{conv}: only zero padding is supported")
         self.weight, self.bias = conv.weight, conv.bias
@@ -87,8 +97,10 @@ class QuantConv2d(QuantLayer):
 class QuantLinear(QuantLayer):
     """``Q_a(x) Q_w(W)^T + b``."""
 
-    def __init__(self, linear: nn.Linear, precision: LayerPrecision) -> None:
-        super().__init__(precision, linear.out_features)
+    def __init__(
+        self, linear: nn.Linear, precision: LayerPrecision, init: QuantInit | None = None
+    ) -> None:
+        super().__init__(precision, linear.out_features, init)
         self.weight, self.bias = linear.weight, linear.bias
 
     def forward(self, x: Tensor) -> Tensor:
@@ -102,10 +114,12 @@ class QuantLinear(QuantLayer):
         return nn.Linear(in_features, out_features, bias=self.bias is not None)
 
 
-def wrap_quantized(layer: nn.Conv2d | nn.Linear, precision: LayerPrecision) -> QuantLayer:
+def wrap_quantized(
+    layer: nn.Conv2d | nn.Linear, precision: LayerPrecision, init: QuantInit | None = None
+) -> QuantLayer:
     """The quantized counterpart of a plain conv or linear layer (sharing its tensors)."""
     if isinstance(layer, nn.Conv2d):
-        return QuantConv2d(layer, precision)
+        return QuantConv2d(layer, precision, init)
     if isinstance(layer, nn.Linear):
-        return QuantLinear(layer, precision)
+        return QuantLinear(layer, precision, init)
     raise TypeError(f"cannot quantize {type(layer).__name__}")

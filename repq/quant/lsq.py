@@ -14,6 +14,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from repq.quant.init import QuantInit, initial_step
+
 CHUNK_ELEMENTS = 1 << 18
 """Elements per chunk on the CPU: a chunk's passes run in cache, and the backward's two
 scratch buffers (1 MiB each) are reused where whole-tensor temporaries would be fresh
@@ -139,20 +141,27 @@ def quant_range(bits: int, signed: bool) -> tuple[int, int]:
 class LSQQuantizer(nn.Module):
     """An LSQ fake quantizer with one step per tensor or one per output channel.
 
-    The step is initialised from the first tensor it sees as ``2 mean|x| / sqrt(Qp)``
-    (per channel for weights). ``enabled = False`` makes it the identity;
-    :meth:`freeze` stops the step from learning. No call synchronises with the host.
+    Its step is initialised by ``init`` (a rule of :mod:`repq.quant.init`; by default
+    the rule :class:`~repq.quant.init.QuantInit` gives weights or activations): from
+    calibration batches (:meth:`start_calibration`, the model's forward passes, then
+    :meth:`finish_calibration`), or else from the first tensor it quantizes.
+    ``enabled = False`` makes it the identity; :meth:`freeze` stops the step from
+    learning. No call synchronises with the host.
     """
 
-    def __init__(self, bits: int, signed: bool, channels: int | None = None) -> None:
+    def __init__(
+        self, bits: int, signed: bool, channels: int | None = None, init: str | None = None
+    ) -> None:
         super().__init__()
         self.bits, self.signed = bits, signed
         self.qmin, self.qmax = quant_range(bits, signed)
         self.per_channel = channels is not None
+        self.init = init or QuantInit().rule(weight=self.per_channel)
         self.step = nn.Parameter(torch.ones(channels if self.per_channel else 1))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self.enabled = True
         self._ready = False
+        self._estimates: list[Tensor] | None = None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -166,15 +175,35 @@ class LSQQuantizer(nn.Module):
     def _elements_per_step(self, x: Tensor) -> int:
         return max(1, x.numel() // self.step.numel())
 
+    def _estimate(self, x: Tensor) -> Tensor:
+        return initial_step(x, self.init, self.qmin, self.qmax, self.per_channel)
+
     @torch.no_grad()
-    def initialize(self, x: Tensor) -> None:
-        """Set the step to ``2 mean|x| / sqrt(Qp)`` (per output channel if per-channel)."""
-        dims = tuple(range(1, x.dim())) if self.per_channel else tuple(range(x.dim()))
-        mean_abs = x.detach().abs().float().mean(dim=dims).reshape(-1)
-        step = 2 * mean_abs / math.sqrt(self.qmax)
-        self.step.copy_(step.clamp_min(1e-8).to(self.step.dtype))
+    def _set_step(self, step: Tensor) -> None:
+        self.step.copy_(step.reshape(self.step.shape).to(self.step.dtype))
         self.initialized.fill_(True)
         self._ready = True
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Set the step from ``x`` by this quantizer's ``init`` rule."""
+        self._set_step(self._estimate(x))
+
+    def start_calibration(self) -> None:
+        """From now on, forward passes return their input and collect step estimates."""
+        self._estimates = []
+
+    def finish_calibration(self) -> None:
+        """Set the step to the mean of the collected estimates (if any were collected)."""
+        estimates, self._estimates = self._estimates, None
+        if estimates:
+            self._set_step(torch.stack(estimates).mean(0))
+
+    def _observe(self, x: Tensor) -> Tensor:
+        """A calibration pass: a weight is estimated once, an activation every batch."""
+        if x.numel() and not (self.per_channel and self._estimates):
+            self._estimates.append(self._estimate(x))
+        return x
 
     def freeze(self) -> LSQQuantizer:
         """Stop learning the step (it stays as it is)."""
@@ -184,6 +213,8 @@ class LSQQuantizer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.enabled:
             return x
+        if self._estimates is not None:
+            return self._observe(x)
         if not self._ready and x.numel():  # an empty tensor has no statistics to learn from
             self.initialize(x)
         grad_factor = 1.0 / math.sqrt(self._elements_per_step(x) * self.qmax)
@@ -197,4 +228,4 @@ class LSQQuantizer(nn.Module):
     def extra_repr(self) -> str:
         kind = "per-channel" if self.per_channel else "per-tensor"
         sign = "signed" if self.signed else "unsigned"
-        return f"bits={self.bits}, {sign}, {kind}, enabled={self.enabled}"
+        return f"bits={self.bits}, {sign}, {kind}, init={self.init}, enabled={self.enabled}"

@@ -1,1 +1,21 @@
-"""Tables, figures and the demo summary."""
+"""Tables, claims and figures from a workflow's evaluations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_report(runs: Path, out: Path) -> list[Path]:
+    """Every table (one per task, and every measured value), the claims table and the
+    Δ figure from the evaluations under ``runs``, written into ``out``."""
+    from repq.report.claims import claims_table, to_markdown
+    from repq.report.figures import drop_figure
+    from repq.report.tables import collect, write_tables
+
+    results = collect(runs)
+    write_tables(results, out)
+    claims = claims_table(runs, results)
+    claims.to_csv(out / "claims.csv", index=False)
+    (out / "claims.md").write_text(to_markdown(claims))
+    drop_figure(results, out / "drop")
+    return sorted(out.glob("*.*"))

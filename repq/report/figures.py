@@ -10,56 +10,80 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from repq.report.tables import DELTA
-from repq.vocab import FP_BITS, METHODS
+from repq.report.tables import (
+    BITS,
+    DELTA,
+    Cell,
+    Result,
+    by_experiment,
+    delta_cell,
+    first,
+    primary_metric,
+    quantized_stages,
+)
+from repq.vocab import METHODS, TASKS
+
+METHOD_DISPLAYS = [m.display for m in METHODS.values()]
+COLOURS = ("tab:orange", "tab:green", "tab:blue", "tab:purple", "tab:red", "tab:brown")
 
 
-def _numeric(value: object) -> float:
-    return value if isinstance(value, float) else float("nan")
+def delta_bars(results: list[Result]) -> dict[str, tuple[pd.DataFrame, pd.DataFrame, str]]:
+    """Per task (vocabulary order): the mean and the standard deviation over seeds of
+    every quantized stage's Δ from its FP model (model x stage), and the metric."""
+    present = list(dict.fromkeys(r.task for r in results))
+    panels = {}
+    for task in [t for t in TASKS if t in present] + [t for t in present if t not in TASKS]:
+        means: dict[str, dict[str, float]] = {}
+        spreads: dict[str, dict[str, float]] = {}
+        metric = ""
+        for runs in by_experiment([r for r in results if r.task == task]).values():
+            head = first(runs)
+            metric = primary_metric(head)
+            stages = [s for b in BITS for s in quantized_stages(head.model, b)]
+            cells = {s.display: delta_cell(runs, s, metric) for s in stages}
+            found = {k: c for k, c in cells.items() if isinstance(c, Cell)}
+            means[head.label] = {k: c.mean for k, c in found.items()}
+            spreads[head.label] = {k: c.std if c.n > 1 else 0.0 for k, c in found.items()}
+        panels[task] = (pd.DataFrame(means).T, pd.DataFrame(spreads).T, metric)
+    return panels
 
 
-def _wide_deltas(table: pd.DataFrame) -> pd.DataFrame:
-    """model x stage: the table's Δ columns."""
-    columns = [c for c in table.columns if c.endswith(f" {DELTA}")]
-    data = {c.removesuffix(f" {DELTA}"): table[c].map(_numeric).to_numpy() for c in columns}
-    return pd.DataFrame(data, index=table["model"].to_numpy())
+def _style(stage: str) -> dict:
+    """One colour per method (PTQ grey), solid at the highest bit width, hatched below."""
+    bits, _, method = stage.partition("-bit ")
+    colours = {"PTQ": "0.6", **dict(zip(METHOD_DISPLAYS, COLOURS, strict=False))}
+    hatch = "" if int(bits) == max(BITS) else "//"
+    return {"color": colours.get(method, "0.3"), "hatch": hatch, "edgecolor": "white"}
 
 
-def _long_deltas(table: pd.DataFrame) -> pd.DataFrame:
-    """model x stage: the first metric column of each quantized row minus the FP row its
-    method starts from."""
-    metric = next(c for c in table.columns if c not in ("model", "method", "bits"))
-    fp_of = {m.display: m.fp_display for m in METHODS.values()}
-    rows: dict[str, dict[str, float]] = {}
-    for model, group in table.groupby("model", sort=False):
-        base = {r["method"]: _numeric(r[metric]) for _, r in group.iterrows()}
-        rows[model] = {
-            f"{r['bits']}-bit {r['method']}": _numeric(r[metric]) - base[fp_of[r["method"]]]
-            for _, r in group[group["bits"] != FP_BITS].iterrows()
-        }
-    return pd.DataFrame(rows).T
+def _panel(ax, means: pd.DataFrame, spreads: pd.DataFrame) -> None:
+    width = 0.8 / max(1, len(means.columns))
+    for i, stage in enumerate(means.columns):
+        offsets = [x - 0.4 + width * (i + 0.5) for x in range(len(means.index))]
+        ax.bar(
+            offsets,
+            means[stage].to_numpy(),
+            width,
+            yerr=spreads[stage].fillna(0).to_numpy(),
+            capsize=2,
+            label=stage,
+            **_style(stage),
+        )
+    ax.set_xticks(range(len(means.index)), means.index)
 
 
-def deltas(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """The bars of one task's panel (model x stage) and what they measure."""
-    if "bits" not in table.columns:
-        return _wide_deltas(table), f"{DELTA} from FP (points, QAT - FP)"
-    metric = next(c for c in table.columns if c not in ("model", "method", "bits"))
-    return _long_deltas(table), f"{DELTA} {metric} from FP (QAT - FP)"
-
-
-def drop_figure(tables: dict[str, pd.DataFrame], out: Path) -> list[Path]:
-    """One bar chart per task of each quantized result's difference from its FP model;
-    written as PNG and SVG."""
-    panels = [(task, *deltas(t)) for task, t in tables.items() if not t.empty]
+def drop_figure(results: list[Result], out: Path) -> list[Path]:
+    """One bar chart per task of each quantized result's difference from its FP model
+    (mean over seeds, error bars one standard deviation); written as PNG and SVG."""
+    panels = delta_bars(results)
     count = max(1, len(panels))
-    fig, axes = plt.subplots(1, count, figsize=(6 * count, 4), squeeze=False)
-    for ax, (task, bars, label) in zip(axes[0], panels, strict=False):
-        bars.plot.bar(ax=ax, rot=20)
+    fig, axes = plt.subplots(1, count, figsize=(7 * count, 4.2), squeeze=False)
+    for ax, (task, (means, spreads, metric)) in zip(axes[0], panels.items(), strict=False):
+        _panel(ax, means, spreads)
         ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_title(task)
-        ax.set_ylabel(label)
-        ax.legend(fontsize=7)
+        ax.set_title(TASKS[task].display if task in TASKS else task)
+        ax.set_ylabel(f"{DELTA} {metric} vs FP (quantized - FP)")
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
     for path in paths:
@@ -72,7 +96,8 @@ def curve_figure(history_csv: Path, out: Path, title: str, metric: str) -> None:
     """Training loss and the validation ``metric`` per epoch."""
     history = pd.read_csv(history_csv)
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
-    left.plot(history["epoch"], history["train_loss"], marker="o")
+    if "train_loss" in history:  # a PTQ run does not train
+        left.plot(history["epoch"], history["train_loss"], marker="o")
     left.set_xlabel("epoch")
     left.set_ylabel("train loss")
     right.plot(history["epoch"], history[metric], marker="o", color="tab:green")

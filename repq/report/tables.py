@@ -1,18 +1,22 @@
 """The paper's tables from the evaluation results of a workflow run.
 
-Every number comes from an experiment's ``evaluation.json`` (the deployed models'
-evaluation); the task of a result is read from the ``config.json`` of its run. Stages,
-methods, bit widths and names come from :mod:`repq.vocab`. A cell whose run does not
-exist says ``no run``; a method that does not apply to an architecture (RepQ-BNest
-without BN) says ``n/a``.
-``Δ`` columns hold the quantized value minus its FP baseline (the FP stage the method
-starts from): negative is a loss. The best quantized result of each model at each bit
-width is bold (every one of them on a tie).
+Every number comes from an ``evaluation.json`` (``runs/<experiment>/seed<k>/``: the
+deployed models' evaluation); the task of a result is read from the ``config.json`` of
+its run. Stages, methods, bit widths and names come from :mod:`repq.vocab`.
+
+A cell aggregates the seeds of its run: mean ± sample standard deviation over ``n``
+seeds (one seed: the value). A ``Δ`` cell aggregates, seed by seed, the quantized value
+minus its FP baseline of the same seed (the FP stage the method starts from): negative
+is a loss. A cell whose run does not exist says ``no run``; a method that does not
+apply to an architecture (RepQ-BNest without BN) says ``n/a``. The best mean quantized
+result of each model at each bit width is bold (every one of them on a tie).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,19 +36,46 @@ from repq.vocab import (
 
 NO_RUN, NOT_APPLICABLE = "no run", "n/a"
 DELTA = "Δ"
+KEYS = ("model", "method", "bits")
 
 
 @dataclass(frozen=True)
 class Result:
-    """One evaluated run: an entry of ``runs/<experiment>/evaluation.json`` and the
-    ``config.json`` of its stage folder."""
+    """One evaluated run: an entry of ``runs/<experiment>/seed<k>/evaluation.json`` and
+    the ``config.json`` of its stage folder."""
 
     experiment: str
+    seed: int
     stage: Stage
     task: str
     model: str
     label: str
     metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The values of one table cell over seeds."""
+
+    values: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation (``n - 1``); NaN for one seed."""
+        return statistics.stdev(self.values) if self.n > 1 else math.nan
+
+    def format(self, digits: int, signed: bool = False) -> str:
+        sign = "+" if signed else ""
+        text = f"{self.mean:{sign}.{digits}f}"
+        return text if self.n == 1 else f"{text} ± {self.std:.{digits}f}"
 
 
 def _label(config: dict) -> str:
@@ -55,14 +86,16 @@ def _label(config: dict) -> str:
 
 
 def collect(runs: Path) -> list[Result]:
-    """Every evaluation under ``runs`` (sorted by experiment, then in evaluation order)."""
+    """Every evaluation under ``runs`` (sorted by experiment and seed)."""
     results = []
-    for path in sorted(runs.glob("*/evaluation.json")):
+    for path in sorted(runs.glob("*/seed*/evaluation.json")):
+        seed = int(path.parent.name.removeprefix("seed"))
         for entry in json.loads(path.read_text())["results"]:
             config = json.loads((path.parent / entry["stage"] / "config.json").read_text())
             results.append(
                 Result(
-                    experiment=path.parent.name,
+                    experiment=path.parent.parent.name,
+                    seed=seed,
                     stage=Stage.parse(entry["stage"]),
                     task=config["task"],
                     model=config["model"]["name"],
@@ -73,58 +106,98 @@ def collect(runs: Path) -> list[Result]:
     return results
 
 
-def _applies(method: str, model: str) -> bool:
+def runs_table(results: list[Result]) -> pd.DataFrame:
+    """Every measured value, one row per experiment, seed, stage and metric."""
+    rows = [
+        {
+            "experiment": r.experiment,
+            "model": r.label,
+            "seed": r.seed,
+            "stage": str(r.stage),
+            "metric": key,
+            "value": value,
+        }
+        for r in results
+        for key, value in r.metrics.items()
+    ]
+    return pd.DataFrame(rows, columns=["experiment", "model", "seed", "stage", "metric", "value"])
+
+
+def applies(method: str, model: str) -> bool:
     """Whether a method applies to a model (an architecture outside the zoo: always)."""
     return model not in ARCHITECTURES or METHODS[method].applies_to(model)
 
 
-def _qat_stages(model: str) -> list[Stage]:
-    return [Stage.qat(m, b) for b in BITS for m in METHODS if _applies(m, model)]
-
-
-def _fp_stages(model: str) -> list[Stage]:
+def fp_stages_of(model: str) -> list[Stage]:
     owners = {m.fp_stage: name for name, m in METHODS.items()}
-    return [Stage(s) for s in fp_stages() if s not in owners or _applies(owners[s], model)]
+    return [Stage(s) for s in fp_stages() if s not in owners or applies(owners[s], model)]
 
 
-def _experiments(results: list[Result]) -> dict[str, dict[str, Result]]:
-    """experiment -> stage name -> result, in the order of ``results``."""
-    by_experiment: dict[str, dict[str, Result]] = {}
+def quantized_stages(model: str, bits: int) -> list[Stage]:
+    """PTQ, then every method that applies, at one bit width."""
+    return [Stage.ptq(bits), *(Stage.qat(m, bits) for m in METHODS if applies(m, model))]
+
+
+Runs = dict[str, dict[int, Result]]
+"""stage name -> seed -> result, for one experiment."""
+
+
+def by_experiment(results: list[Result]) -> dict[str, Runs]:
+    """experiment -> stage -> seed -> result, in the order of ``results``."""
+    grouped: dict[str, Runs] = {}
     for r in results:
-        by_experiment.setdefault(r.experiment, {})[str(r.stage)] = r
-    return by_experiment
+        grouped.setdefault(r.experiment, {}).setdefault(str(r.stage), {})[r.seed] = r
+    return grouped
 
 
-def _value(stages: dict[str, Result], stage: Stage, metric: str) -> object:
-    result = stages.get(str(stage))
-    return NO_RUN if result is None else result.metrics[metric]
+def first(runs: Runs) -> Result:
+    """A result of an experiment (its model, label and task are the same in all)."""
+    return next(iter(next(iter(runs.values())).values()))
 
 
-def _delta(base: object, value: object) -> object:
-    if isinstance(base, float) and isinstance(value, float):
-        return value - base
-    return value if isinstance(value, str) else NO_RUN
+def primary_metric(result: Result) -> str:
+    """The metric key that claims and figures use: the task's primary metric on its first
+    test set (the first metric of a task this module does not know)."""
+    primary = TASKS[result.task].primary if result.task in TASKS else None
+    keys = list(result.metrics)
+    return next((k for k in keys if k.split("/")[0] == primary), keys[0])
+
+
+def values(runs: Runs, stage: Stage, metric: str) -> dict[int, float]:
+    """seed -> value of ``metric`` for one stage."""
+    return {seed: r.metrics[metric] for seed, r in runs.get(str(stage), {}).items()}
+
+
+def cell(runs: Runs, stage: Stage, metric: str) -> Cell | str:
+    found = values(runs, stage, metric)
+    return Cell(tuple(found[s] for s in sorted(found))) if found else NO_RUN
+
+
+def delta_cell(runs: Runs, stage: Stage, metric: str) -> Cell | str:
+    """``stage`` minus its FP stage, seed by seed (seeds that have both)."""
+    value, base = values(runs, stage, metric), values(runs, stage.init, metric)
+    paired = sorted(set(value) & set(base))
+    return Cell(tuple(value[s] - base[s] for s in paired)) if paired else NO_RUN
 
 
 def wide_table(results: list[Result], metric: str) -> pd.DataFrame:
-    """One row per experiment: every FP stage, then per bit width each method's value of
-    ``metric`` and its Δ from the FP stage it starts from (the classification layout)."""
+    """One row per experiment: every FP stage, then per bit width PTQ and each method's
+    ``metric`` with its Δ from the FP stage it starts from (the classification layout)."""
     rows = []
-    for stages in _experiments(results).values():
-        first = next(iter(stages.values()))
-        row: dict[str, object] = {"model": first.label}
+    for runs in by_experiment(results).values():
+        head = first(runs)
+        row: dict[str, object] = {"model": head.label}
         for fp in map(Stage, fp_stages()):
-            applies = fp in _fp_stages(first.model)
-            row[fp.display] = _value(stages, fp, metric) if applies else NOT_APPLICABLE
+            applicable = fp in fp_stages_of(head.model)
+            row[fp.display] = cell(runs, fp, metric) if applicable else NOT_APPLICABLE
         for bits in BITS:
-            for name in METHODS:
-                stage = Stage.qat(name, bits)
-                if not _applies(name, first.model):
+            applicable = quantized_stages(head.model, bits)
+            for stage in [Stage.ptq(bits), *(Stage.qat(m, bits) for m in METHODS)]:
+                if stage not in applicable:
                     row[stage.display] = row[f"{stage.display} {DELTA}"] = NOT_APPLICABLE
                     continue
-                value = _value(stages, stage, metric)
-                row[stage.display] = value
-                row[f"{stage.display} {DELTA}"] = _delta(row[stage.init.display], value)
+                row[stage.display] = cell(runs, stage, metric)
+                row[f"{stage.display} {DELTA}"] = delta_cell(runs, stage, metric)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -142,14 +215,19 @@ def long_table(results: list[Result]) -> pd.DataFrame:
     """One row per experiment and stage (FP first), one column per metric and test set
     (the super-resolution layout; also the layout of a task this module does not know)."""
     rows = []
-    for stages in _experiments(results).values():
-        first = next(iter(stages.values()))
-        for stage in _fp_stages(first.model) + _qat_stages(first.model):
-            method = METHODS[stage.method].display if stage.is_qat else stage.display
-            row: dict[str, object] = {"model": first.label, "method": method}
-            row["bits"] = stage.bit_width
-            for key, column in _metric_columns(first):
-                row[column] = _value(stages, stage, key)
+    for runs in by_experiment(results).values():
+        head = first(runs)
+        stages = fp_stages_of(head.model) + [
+            s for b in BITS for s in quantized_stages(head.model, b)
+        ]
+        for stage in stages:
+            row: dict[str, object] = {
+                "model": head.label,
+                "method": stage.method_display,
+                "bits": stage.bit_width,
+            }
+            for key, column in _metric_columns(head):
+                row[column] = cell(runs, stage, key)
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -170,39 +248,44 @@ def task_tables(results: list[Result]) -> dict[str, pd.DataFrame]:
     return tables
 
 
+def mean(value: object) -> float:
+    """A cell's mean; NaN for a cell without a value."""
+    return value.mean if isinstance(value, Cell) else math.nan
+
+
 def _bold_cells(table: pd.DataFrame) -> set[tuple[int, str]]:
-    """``(row, column)`` of the best quantized result per model and bit width."""
+    """``(row, column)`` of the best mean quantized result per model and bit width."""
     bold: set[tuple[int, str]] = set()
     if table.empty:
         return bold
     if "bits" not in table.columns:  # wide layout
         for bits in BITS:
-            columns = [Stage.qat(m, bits).display for m in METHODS]
+            columns = [s.display for s in (Stage.ptq(bits), *(Stage.qat(m, bits) for m in METHODS))]
             for index, row in table.iterrows():
-                values = {c: row[c] for c in columns if isinstance(row[c], float)}
-                bold |= {(index, c) for c in _best(values)}
+                found = {c: row[c].mean for c in columns if isinstance(row[c], Cell)}
+                bold |= {(index, c) for c in _best(found)}
         return bold
     quantized = table[table["bits"] != FP_BITS]
-    metric_columns = [c for c in table.columns if c not in ("model", "method", "bits")]
+    metric_columns = [c for c in table.columns if c not in KEYS]
     for _, group in quantized.groupby(["model", "bits"]):
         for column in metric_columns:
-            values = {i: v for i, v in group[column].items() if isinstance(v, float)}
-            bold |= {(i, column) for i in _best(values)}
+            found = {i: v.mean for i, v in group[column].items() if isinstance(v, Cell)}
+            bold |= {(i, column) for i in _best(found)}
     return bold
 
 
-def _best(values: dict) -> list:
+def _best(found: dict) -> list:
     """Keys of the highest value (all of them on a tie)."""
-    top = max(values.values(), default=None)
-    return [k for k, v in values.items() if v == top]
+    top = max(found.values(), default=None)
+    return [k for k, v in found.items() if v == top]
 
 
 def _format(value: object, column: str) -> str:
-    if not isinstance(value, float):
+    if not isinstance(value, Cell):
         return str(value)
     if column.endswith(DELTA):
-        return f"{value:+.2f}"
-    return f"{value:.4f}" if column.endswith("SSIM") else f"{value:.2f}"
+        return value.format(2, signed=True)
+    return value.format(4 if column.endswith("SSIM") else 2)
 
 
 def _cells(
@@ -226,7 +309,7 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 def _latex_escape(text: str) -> str:
     text = text.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
-    return text.replace(DELTA, r"$\Delta$")
+    return text.replace(DELTA, r"$\Delta$").replace("±", r"$\pm$")
 
 
 def to_latex(table: pd.DataFrame) -> str:
@@ -244,12 +327,29 @@ def to_latex(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(runs: Path, out: Path) -> dict[str, pd.DataFrame]:
-    """Write one table per task as ``<task>.csv``, ``.md`` and ``.tex``."""
+def to_csv_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with numbers only: each value column as its mean, plus ``<column> std``
+    and ``<column> n`` (a cell without a value keeps its text)."""
+    columns: dict[str, list] = {}
+    for column in table.columns:
+        cells = list(table[column])
+        if not any(isinstance(c, Cell) for c in cells):
+            columns[column] = cells
+            continue
+        columns[column] = [c.mean if isinstance(c, Cell) else c for c in cells]
+        columns[f"{column} std"] = [c.std if isinstance(c, Cell) else math.nan for c in cells]
+        columns[f"{column} n"] = [c.n if isinstance(c, Cell) else 0 for c in cells]
+    return pd.DataFrame(columns)
+
+
+def write_tables(results: list[Result], out: Path) -> dict[str, pd.DataFrame]:
+    """Write one table per task as ``<task>.csv``, ``.md`` and ``.tex``, and every
+    measured value as ``runs.csv``."""
     out.mkdir(parents=True, exist_ok=True)
-    tables = task_tables(collect(runs))
+    tables = task_tables(results)
     for task, table in tables.items():
-        table.to_csv(out / f"{task}.csv", index=False)
+        to_csv_frame(table).to_csv(out / f"{task}.csv", index=False)
         (out / f"{task}.md").write_text(to_markdown(table))
         (out / f"{task}.tex").write_text(to_latex(table))
+    runs_table(results).to_csv(out / "runs.csv", index=False)
     return tables

@@ -10,6 +10,10 @@ min_version("9.0")
 
 # No `configfile:` here: a config given on the command line would be merged into it.
 # profiles/default names config/config.yaml (the demo); other runs pass --configfile.
+# Numbers that `--config` or YAML 1.1 left as strings are read as YAML 1.2 numbers;
+# validation also fills in the schema's defaults (ptq, seeds).
+SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
+config.update(pipeline.coerce_config(config, SCHEMA))
 validate(config, "../schemas/config.schema.yaml")
 
 RESULTS = config["results"]
@@ -18,9 +22,10 @@ THREADS = RESOURCES.get("threads", 1)
 GPUS = RESOURCES.get("gpus", 0)
 MINI = config.get("mini")
 MINI_OUT = (MINI or {}).get("out", f"{RESULTS}/mini")
-EXPERIMENTS, STAGES = zip(*pipeline.all_stages(config))
+EXPERIMENTS, SEEDS, STAGES = zip(*pipeline.all_runs(config))
 TASKS = pipeline.tasks(config)
-RUN = f"{RESULTS}/runs/{{experiment}}/{{stage}}"
+SEEDED = f"{RESULTS}/runs/{{experiment}}/seed{{seed}}"
+RUN = f"{SEEDED}/{{stage}}"
 TABLES = f"{RESULTS}/tables"
 ENV = "../../environment.yml"
 
@@ -32,6 +37,7 @@ os.environ.setdefault("REPQ_PIPELINE", uuid.uuid4().hex[:12])
 
 wildcard_constraints:
     experiment="|".join(config["experiments"]),
+    seed=r"\d+",
     stage=vocab.stage_pattern(),
 
 
@@ -47,7 +53,9 @@ def recipe(wildcards):
 
 
 def set_args(wildcards):
-    return pipeline.set_args(config, wildcards.experiment)
+    """The recipe overrides of a job (with its seed, for a job of one seed)."""
+    seed = int(wildcards.seed) if "seed" in wildcards.keys() else None
+    return pipeline.set_args(config, wildcards.experiment, seed)
 
 
 def data_ready(wildcards):
@@ -58,9 +66,11 @@ def data_ready(wildcards):
 
 
 def init_model(wildcards):
-    """A QAT stage's FP (or FP-BNest) model; nothing for the FP stages."""
+    """A quantized stage's FP (or FP-BNest) model of the same seed; nothing for FP."""
     stage = pipeline.init_stage(wildcards.stage)
-    return [] if stage is None else f"{RESULTS}/runs/{wildcards.experiment}/{stage}/model.pt"
+    if stage is None:
+        return []
+    return f"{RESULTS}/runs/{wildcards.experiment}/seed{wildcards.seed}/{stage}/model.pt"
 
 
 def init_arg(wildcards, input):

@@ -1,11 +1,11 @@
 rule evaluate:
     input:
         models=lambda w: [
-            f"{RESULTS}/runs/{w.experiment}/{stage}/model.pt"
+            f"{RESULTS}/runs/{w.experiment}/seed{w.seed}/{stage}/model.pt"
             for stage in pipeline.stages(config, w.experiment)
         ],
     output:
-        f"{RESULTS}/runs/{{experiment}}/evaluation.json",
+        f"{SEEDED}/evaluation.json",
     params:
         recipe=recipe,
         overrides=set_args,
@@ -14,7 +14,7 @@ rule evaluate:
         mem_mb=RESOURCES.get("mem_mb", 2000),
         runtime=RESOURCES.get("eval_runtime", 30),
     log:
-        f"{RESULTS}/logs/evaluate/{{experiment}}.log",
+        f"{RESULTS}/logs/evaluate/{{experiment}}/seed{{seed}}.log",
     conda:
         ENV
     shell:

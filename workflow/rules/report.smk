@@ -1,6 +1,10 @@
 rule tables:
     input:
-        expand(f"{RESULTS}/runs/{{experiment}}/evaluation.json", experiment=config["experiments"]),
+        expand(
+            f"{RESULTS}/runs/{{experiment}}/seed{{seed}}/evaluation.json",
+            experiment=config["experiments"],
+            seed=config["seeds"],
+        ),
     output:
         csv=[
             report(f"{TABLES}/{task}.csv", category="Tables", labels={"table": task})
@@ -8,11 +12,14 @@ rule tables:
         ],
         markdown=expand(f"{TABLES}/{{task}}.md", task=TASKS),
         latex=expand(f"{TABLES}/{{task}}.tex", task=TASKS),
+        runs=f"{TABLES}/runs.csv",
+        claims=report(f"{TABLES}/claims.csv", category="Tables", labels={"table": "claims"}),
+        claims_md=f"{TABLES}/claims.md",
         figure=report(f"{TABLES}/drop.png", category="Figures", labels={"figure": "drop"}),
         figure_svg=f"{TABLES}/drop.svg",
     params:
-        runs=lambda w, input: Path(input[0]).parents[1],
-        out=parent,
+        runs=lambda w, input: Path(input[0]).parents[2],
+        out=lambda w, output: Path(output.runs).parent,
     log:
         f"{RESULTS}/logs/tables.log",
     conda:

@@ -9,11 +9,17 @@ rule train:
         metrics=f"{RUN}/metrics.json",
         history=f"{RUN}/history.csv",
         precision=f"{RUN}/precision.tsv",
+        health=report(
+            f"{RUN}/health.csv",
+            category="Quantization health",
+            subcategory="{experiment}",
+            labels={"experiment": "{experiment}", "seed": "{seed}", "stage": "{stage}"},
+        ),
         curve=report(
             f"{RUN}/curve.png",
             category="Training curves",
             subcategory="{experiment}",
-            labels={"experiment": "{experiment}", "stage": "{stage}"},
+            labels={"experiment": "{experiment}", "seed": "{seed}", "stage": "{stage}"},
         ),
     params:
         recipe=recipe,
@@ -22,14 +28,14 @@ rule train:
         overrides=set_args,
         repq=repq_command(GPUS),
         # resumable checkpoints: an undeclared folder, kept when Snakemake reruns a job
-        resume=lambda w: f"{RESULTS}/resume/{w.experiment}/{w.stage}",
+        resume=lambda w: f"{RESULTS}/resume/{w.experiment}/seed{w.seed}/{w.stage}",
     threads: THREADS
     resources:
         gpu=GPUS,
         mem_mb=RESOURCES.get("mem_mb", 2000),
         runtime=RESOURCES.get("runtime", 60),
     log:
-        f"{RESULTS}/logs/train/{{experiment}}/{{stage}}.log",
+        f"{RESULTS}/logs/train/{{experiment}}/seed{{seed}}/{{stage}}.log",
     conda:
         ENV
     shell:

@@ -1,0 +1,209 @@
+"""The paper's claims that the configured runs can test, each with a verdict.
+
+Every claim compares two stages of one experiment seed by seed (paired differences,
+so the seed-to-seed spread of the FP model cancels), or one stage of two experiments
+that differ only in one hyperparameter. Over the ``n`` seeds that have both runs, the
+mean difference gets a two-sided 95% confidence interval ``mean ± t(0.975, n-1) s/√n``.
+The verdict follows from the interval alone:
+
+* a claim that one is *better* holds when the interval lies above 0 and is
+  contradicted when it lies below 0;
+* a claim that one *loses at most* ``m`` holds when the interval lies above ``-m``
+  and is contradicted when it lies below ``-m``;
+* a claim that two are *close* (within ``m``) holds when the interval lies inside
+  ``[-m, m]`` and is contradicted when it lies outside it;
+* otherwise, or with fewer than two seeds, it is ``not resolved``.
+
+The margins ``m`` are fixed per task before any run (``MARGINS``): 1 point of top-1,
+0.1 dB of PSNR.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from scipy.stats import t as student_t
+
+from repq.report.tables import Result, by_experiment, first, primary_metric, values
+from repq.vocab import Stage
+
+HOLDS, CONTRADICTED, NOT_RESOLVED = "holds", "contradicted", "not resolved"
+MARGINS = {"classification": (1.0, "point"), "superres": (0.1, "dB")}
+"""The margin ``m`` of each task, and its unit (top-1 points, PSNR dB)."""
+Verdict = Callable[[float, float, float], str]
+
+
+def better(low: float, high: float, margin: float) -> str:
+    if low > 0:
+        return HOLDS
+    return CONTRADICTED if high < 0 else NOT_RESOLVED
+
+
+def loses_at_most(low: float, high: float, margin: float) -> str:
+    if low > -margin:
+        return HOLDS
+    return CONTRADICTED if high < -margin else NOT_RESOLVED
+
+
+def close(low: float, high: float, margin: float) -> str:
+    if -margin < low and high < margin:
+        return HOLDS
+    return CONTRADICTED if high < -margin or low > margin else NOT_RESOLVED
+
+
+@dataclass(frozen=True)
+class Claim:
+    """``text``: the claim; ``a - b``: the difference it is about; ``verdict``: its test."""
+
+    text: str
+    a: Stage
+    b: Stage
+    verdict: Verdict
+
+
+CLAIMS = (
+    Claim(
+        "8-bit RepQ loses at most {m} against FP", Stage.qat("repq", 8), Stage("fp"), loses_at_most
+    ),
+    Claim("4-bit RepQ is better than Merged", Stage.qat("repq", 4), Stage.qat("merged", 4), better),
+    Claim(
+        "4-bit RepQ-BNest is within {m} of RepQ", Stage.qat("bnest", 4), Stage.qat("repq", 4), close
+    ),
+    Claim(
+        "8-bit RepQ-BNest is within {m} of RepQ", Stage.qat("bnest", 8), Stage.qat("repq", 8), close
+    ),
+)
+LR_CLAIM = "8-bit Merged is better with the lower LR"
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean and two-sided 95% confidence interval of paired differences."""
+
+    differences: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.differences)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.differences) if self.n else math.nan
+
+    @property
+    def half_width(self) -> float:
+        if self.n < 2:
+            return math.nan
+        spread = statistics.stdev(self.differences) / math.sqrt(self.n)
+        return float(student_t.ppf(0.975, self.n - 1)) * spread
+
+    def verdict(self, test: Verdict, margin: float) -> str:
+        if self.n < 2:
+            return NOT_RESOLVED
+        return test(self.mean - self.half_width, self.mean + self.half_width, margin)
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> Interval:
+    """``a - b`` over the seeds both have."""
+    return Interval(tuple(a[s] - b[s] for s in sorted(set(a) & set(b))))
+
+
+def _row(claim: str, task: str, model: str, difference: str, metric: str, test, found) -> dict:
+    """One row of the claims table: the claim with its margin, the interval, the verdict."""
+    margin, unit = MARGINS.get(task, (math.nan, ""))
+    interval = paired(*found)
+    low, high = interval.mean - interval.half_width, interval.mean + interval.half_width
+    return {
+        "claim": claim.format(m=f"{margin:g} {unit}"),
+        "model": model,
+        "difference": difference,
+        "metric": metric,
+        "n": interval.n,
+        "mean": interval.mean,
+        "ci_low": low,
+        "ci_high": high,
+        "verdict": interval.verdict(test, margin),
+    }
+
+
+def stage_claims(results: list[Result]) -> list[dict]:
+    """Every claim of ``CLAIMS`` that an experiment has both runs for."""
+    rows = []
+    for runs in by_experiment(results).values():
+        head = first(runs)
+        metric = primary_metric(head)
+        for claim in CLAIMS:
+            found = (values(runs, claim.a, metric), values(runs, claim.b, metric))
+            if paired(*found).n:
+                difference = f"{claim.a.display} - {claim.b.display}"
+                row = _row(
+                    claim.text, head.task, head.label, difference, metric, claim.verdict, found
+                )
+                rows.append(row)
+    return rows
+
+
+def _lr_variants(runs: Path, results: list[Result]) -> list[tuple[str, str]]:
+    """``(lower, higher)`` experiment pairs whose configs differ only in the Merged 8-bit
+    LR (read from each experiment's ``config.json`` of its 8-bit Merged run)."""
+    stage = str(Stage.qat("merged", 8))
+    configs = {}
+    for r in results:
+        if str(r.stage) == stage and r.experiment not in configs:
+            path = runs / r.experiment / f"seed{r.seed}" / stage / "config.json"
+            config = json.loads(path.read_text())
+            config["train"].pop("seed", None)
+            configs[r.experiment] = config
+    pairs = []
+    for low, low_config in configs.items():
+        for high, high_config in configs.items():
+            lr_low, lr_high = low_config["train"]["lr"], high_config["train"]["lr"]
+            rest_equal = {**low_config, "train": {**low_config["train"], "lr": lr_high}} == (
+                high_config
+            )
+            if rest_equal and lr_low["merged_8bit"] < lr_high["merged_8bit"]:
+                pairs.append((low, high))
+    return pairs
+
+
+def lr_claims(runs: Path, results: list[Result]) -> list[dict]:
+    """The Merged 8-bit LR claim (S1) for every pair of experiments configured for it."""
+    grouped = by_experiment(results)
+    stage = Stage.qat("merged", 8)
+    rows = []
+    for low, high in _lr_variants(runs, results):
+        head = first(grouped[low])
+        metric = primary_metric(head)
+        found = (values(grouped[low], stage, metric), values(grouped[high], stage, metric))
+        if paired(*found).n:
+            difference = f"{low} - {high}"
+            rows.append(_row(LR_CLAIM, head.task, head.label, difference, metric, better, found))
+    return rows
+
+
+def claims_table(runs: Path, results: list[Result]) -> pd.DataFrame:
+    """One row per testable claim and model."""
+    columns = ["claim", "model", "difference", "metric", "n", "mean", "ci_low", "ci_high"]
+    rows = stage_claims(results) + lr_claims(runs, results)
+    return pd.DataFrame(rows, columns=[*columns, "verdict"])
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    lines = [
+        "| claim | model | difference (metric) | n | mean | 95% CI | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for _, r in table.iterrows():
+        ci = "—" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
+        mean = f"{r['mean']:+.2f}"
+        lines.append(
+            f"| {r['claim']} | {r['model']} | {r['difference']} ({r['metric']}) | {r['n']} "
+            f"| {mean} | {ci} | **{r['verdict']}** |"
+        )
+    return "\n".join(lines) + "\n"
