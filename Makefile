@@ -7,7 +7,7 @@ STAMP := $(VENV)/.deps-stamp
 CORES ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint format demo bench bench-gpu clean-demo
+.PHONY: setup test lint format demo mini bench bench-gpu clean-demo
 
 setup: $(STAMP)
 
@@ -32,6 +32,11 @@ demo: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --profile profiles/default
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --profile profiles/default --report results/report.html
 	@$(BIN)/repq demo-summary
+
+mini: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --profile profiles/default --configfile config/mini.yaml
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --profile profiles/default --configfile config/mini.yaml --report results/reproduction/report.html
+	@$(BIN)/repq demo-summary --results results/reproduction
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py

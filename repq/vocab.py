@@ -13,6 +13,7 @@ one spelling is ``str(stage)``; :meth:`Stage.parse` reads it back and
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from repq.errors import ConfigError
@@ -201,6 +202,10 @@ class Task:
     metrics: tuple[str, ...]
     primary: str
     selection: str
+
+    def primary_key(self, keys: Iterable[str]) -> str:
+        """The primary metric among result keys (``top1``; ``psnr/<first test set>``)."""
+        return next(k for k in keys if k.split("/")[0] == self.primary)
 
 
 TASKS: dict[str, Task] = {

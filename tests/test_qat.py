@@ -1,4 +1,5 @@
-"""The invariants of METHOD.md §2 for the Merged, RepQ and RepQ-BNest methods."""
+"""The invariants of the Merged, RepQ (Algorithm 1) and RepQ-BNest (supplementary S2)
+methods."""
 
 from __future__ import annotations
 

@@ -14,11 +14,16 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
-def train_transform(image_size: int) -> transforms.Compose:
-    """RandomResizedCrop and horizontal flip, then the usual normalisation."""
+CROP_SCALE = (0.08, 1.0)
+"""RandomResizedCrop's area range (torchvision's and the reference scripts' default)."""
+
+
+def train_transform(image_size: int, crop_scale: tuple[float, float]) -> transforms.Compose:
+    """RandomResizedCrop (area fraction in ``crop_scale``) and horizontal flip, then the
+    usual normalisation."""
     return transforms.Compose(
         [
-            transforms.RandomResizedCrop(image_size),
+            transforms.RandomResizedCrop(image_size, scale=crop_scale),
             transforms.RandomHorizontalFlip(),
             transforms.ToTensor(),
             transforms.Normalize(MEAN, STD),
@@ -56,10 +61,18 @@ def check_image_folder(root: Path, verify_images: bool) -> list[str]:
 
 
 def image_folder(
-    root: str | Path, train: bool, image_size: int, resize: int, verify_images: bool = True
+    root: str | Path,
+    train: bool,
+    image_size: int,
+    resize: int,
+    verify_images: bool = True,
+    crop_scale: tuple[float, float] = CROP_SCALE,
 ) -> ImageFolder:
     """A checked ImageFolder with the train or the eval transform."""
     root = Path(root)
     check_image_folder(root, verify_images)
-    transform = train_transform(image_size) if train else eval_transform(image_size, resize)
+    if train:
+        transform = train_transform(image_size, crop_scale)
+    else:
+        transform = eval_transform(image_size, resize)
     return ImageFolder(str(root), transform=transform, loader=load_rgb)

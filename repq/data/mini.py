@@ -48,12 +48,13 @@ class MiniSpec:
     line's options and the workflow's ``mini:`` keys are these fields)."""
 
     seed: int = field(default=0, metadata={"help": "seed of every random choice"})
-    train_per_class: int = field(default=64, metadata={"help": "training images per class"})
-    val_per_class: int = field(default=24, metadata={"help": "validation images per class"})
+    train_per_class: int = field(default=160, metadata={"help": "training images per class"})
+    val_per_class: int = field(default=100, metadata={"help": "validation images per class"})
     image_size: int = field(default=40, metadata={"help": "side of a classification image"})
     sr_train_crops: int = field(default=4, metadata={"help": "SR training crops per image"})
     sr_train_size: int = field(default=96, metadata={"help": "side of an SR training crop"})
-    sr_test_size: int = field(default=72, metadata={"help": "side of an SR test image"})
+    sr_test_size: int = field(default=96, metadata={"help": "side of an SR test image"})
+    sr_test_crops: int = field(default=4, metadata={"help": "SR test crops per image"})
 
 
 def source_rgb(name: str) -> np.ndarray:
@@ -76,18 +77,18 @@ def _tile_bounds(shape: tuple[int, ...], row: int, col: int) -> tuple[int, int, 
 def _sample(image: np.ndarray, tile: tuple[int, int], size: int, rng: np.random.Generator):
     top, bottom, left, right = _tile_bounds(image.shape, *tile)
     side = min(bottom - top, right - left)
-    crop = int(rng.uniform(0.5, 1.0) * side)
+    crop = int(rng.uniform(0.6, 1.0) * side)
     y = int(rng.integers(top, bottom - crop + 1))
     x = int(rng.integers(left, right - crop + 1))
     patch = Image.fromarray(image[y : y + crop, x : x + crop]).resize((size, size), Image.BILINEAR)
     array = np.asarray(patch).astype(np.float32)
     if rng.random() < 0.5:
         array = array[:, ::-1]
-    if rng.random() < 0.3:
+    if rng.random() < 0.2:
         array = np.repeat(array.mean(axis=2, keepdims=True), 3, axis=2)
-    contrast, brightness = rng.uniform(0.6, 1.4), rng.uniform(-40, 40)
+    contrast, brightness = rng.uniform(0.75, 1.25), rng.uniform(-25, 25)
     array = (array - array.mean()) * contrast + array.mean() + brightness
-    array = array + rng.normal(0, 12, size=array.shape)
+    array = array + rng.normal(0, 6, size=array.shape)
     return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
 
 
@@ -123,26 +124,27 @@ def _random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.n
     return image[y : y + size, x : x + size]
 
 
-def write_superres(root: Path, seed: int, train_crops: int, train_size: int, test_size: int):
-    """Write ``root/train/*.png`` and ``root/test/<set>/*.png``; returns the counts."""
-    rng = np.random.default_rng([seed, 99])
+def write_superres(root: Path, spec: MiniSpec) -> dict[str, int]:
+    """Write ``root/train/*.png`` and ``root/test/<set>/*.png`` (``sr_test_crops`` crops
+    of every test image); returns the counts."""
+    rng = np.random.default_rng([spec.seed, 99])
     train = root / "train"
     train.mkdir(parents=True, exist_ok=True)
     for name in SR_TRAIN_IMAGES:
         image = source_rgb(name)
-        for i in range(train_crops):
-            crop = _random_crop(image, train_size, rng)
+        for i in range(spec.sr_train_crops):
+            crop = _random_crop(image, spec.sr_train_size, rng)
             Image.fromarray(crop).save(train / f"{name}_{i:02d}.png")
     for set_name, names in SR_TEST_SETS.items():
         folder = root / "test" / set_name
         folder.mkdir(parents=True, exist_ok=True)
         for name in names:
-            crop = _random_crop(source_rgb(name), test_size, rng)
-            Image.fromarray(crop).save(folder / f"{name}.png")
-    return {
-        "train": train_crops * len(SR_TRAIN_IMAGES),
-        **{k: len(v) for k, v in SR_TEST_SETS.items()},
-    }
+            image = source_rgb(name)
+            for i in range(spec.sr_test_crops):
+                crop = _random_crop(image, spec.sr_test_size, rng)
+                Image.fromarray(crop).save(folder / f"{name}_{i:02d}.png")
+    counts = {k: len(v) * spec.sr_test_crops for k, v in SR_TEST_SETS.items()}
+    return {"train": spec.sr_train_crops * len(SR_TRAIN_IMAGES), **counts}
 
 
 def write_mini(root: str | Path, spec: MiniSpec | None = None) -> dict[str, object]:
@@ -157,9 +159,7 @@ def write_mini(root: str | Path, spec: MiniSpec | None = None) -> dict[str, obje
         "spec": asdict(spec),
         "classes": list(CLASS_IMAGES),
         "classification": write_classification(root / "cls", spec.seed, per_class, spec.image_size),
-        "superres": write_superres(
-            root / "sr", spec.seed, spec.sr_train_crops, spec.sr_train_size, spec.sr_test_size
-        ),
+        "superres": write_superres(root / "sr", spec),
     }
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
     shutil.rmtree(final, ignore_errors=True)

@@ -17,9 +17,25 @@ from repq.quant.lsq import LSQQuantizer
 from repq.vocab import Stage
 
 
+def lr_scale(train: dict) -> float:
+    """``train.lr_scale``: a factor on every LR (weights and steps), e.g. the linear
+    scaling rule for a batch smaller than Table S1's."""
+    return train.get("lr_scale", 1.0)
+
+
 def run_lr(train: dict, stage: Stage) -> float:
-    """The LR of a job: FP, quantized, or Merged 8-bit (Table S1)."""
-    return train["lr"][stage.lr_key]
+    """The LR of a job: FP, quantized, or Merged 8-bit (Table S1), scaled."""
+    return train["lr"][stage.lr_key] * lr_scale(train)
+
+
+def stage_train(train: dict, stage: Stage) -> dict:
+    """The ``train`` section a stage runs with: the recipe's (S1: QAT keeps the FP recipe
+    but the LR), with ``train.qat``'s keys replacing their FP values for quantized
+    stages, and no epochs for PTQ."""
+    if not stage.quantized:
+        return train
+    resolved = {**train, **train.get("qat", {})}
+    return resolved if stage.trains else {**resolved, "epochs": 0}
 
 
 def parameter_groups(model: nn.Module, train: dict, lr: float, bits: int | None) -> list[dict]:
@@ -40,7 +56,7 @@ def parameter_groups(model: nn.Module, train: dict, lr: float, bits: int | None)
         {"params": exempt, "lr": lr, "weight_decay": 0.0, "name": "no_decay"},
     ]
     if steps:
-        step_lr = train["step_lr"][str(bits)]
+        step_lr = train["step_lr"][str(bits)] * lr_scale(train)
         groups.append({"params": steps, "lr": step_lr, "weight_decay": 0.0, "name": "steps"})
     return [g for g in groups if g["params"]]
 
@@ -62,10 +78,10 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, train: dict, steps_per_epoch: int
+    optimizer: torch.optim.Optimizer, train: dict, epochs: int, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-iteration schedule (stepped after every optimiser step)."""
-    total = train["epochs"] * steps_per_epoch
+    """A per-iteration schedule over ``epochs`` (stepped after every optimiser step)."""
+    total = epochs * steps_per_epoch
     warmup = round(train.get("warmup_epochs", 0) * steps_per_epoch)
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total, warmup, train["schedule"])

@@ -68,7 +68,7 @@ class ClassificationTask(Task):
             )
 
     def _folder(self, root: Path, train: bool):
-        from repq.data.classification import image_folder  # torchvision: this task only
+        from repq.data.classification import CROP_SCALE, image_folder  # torchvision: here only
 
         size = self.data.get("image_size", 224)
         return image_folder(
@@ -77,6 +77,7 @@ class ClassificationTask(Task):
             size,
             self.data.get("resize", round(size * 256 / 224)),
             verify_images=self.data.get("verify_images", True),
+            crop_scale=tuple(self.data.get("crop_scale", CROP_SCALE)),
         )
 
     def train_set(self) -> Dataset:

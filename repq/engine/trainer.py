@@ -31,7 +31,13 @@ from repq.data.sampling import EpochSampler
 from repq.engine import distributed
 from repq.engine.build import build_model, deploy_form
 from repq.engine.checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from repq.engine.optim import make_optimizer, make_scheduler, parameter_groups, run_lr
+from repq.engine.optim import (
+    make_optimizer,
+    make_scheduler,
+    parameter_groups,
+    run_lr,
+    stage_train,
+)
 from repq.engine.tasks import Task, make_task
 from repq.errors import ConfigError, TrainingDiverged
 from repq.qat import calibrate, precision_tsv
@@ -97,7 +103,7 @@ class Trainer:
 
     def __init__(self, job: Job) -> None:
         self.job = job
-        self.train_cfg = job.config["train"]
+        self.train_cfg = stage_train(job.config["train"], job.stage)
         self.ctx = distributed.setup()
         torch.set_num_threads(max(1, job.threads))
         torch.manual_seed(self.train_cfg.get("seed", 0))
@@ -115,13 +121,16 @@ class Trainer:
         self.optimizer = make_optimizer(
             parameter_groups(self.model, self.train_cfg, lr, job.stage.bits), self.train_cfg
         )
-        self.scheduler = make_scheduler(self.optimizer, self.train_cfg, len(self.loader))
+        self.epochs = self.train_cfg["epochs"]
+        self.clip_grad_norm = self.train_cfg.get("clip_grad_norm")
+        self.scheduler = make_scheduler(
+            self.optimizer, self.train_cfg, self.epochs, len(self.loader)
+        )
         self.epoch, self.history = 0, []
         self.best: float | None = None
         self.best_epoch, self.best_metrics, self.best_state = -1, {}, None
         self.run_id: str | None = None
         self.clipped_init: dict[str, float] = {}
-        self.epochs = self.train_cfg["epochs"] if job.stage.trains else 0
         self.digest = config_hash({**job.config, "_stage": str(job.stage)})
 
     def _loader(self) -> tuple[DataLoader, EpochSampler]:
@@ -202,7 +211,7 @@ class Trainer:
         for inputs, _ in itertools.islice(self.loader, count):
             yield self._to_device(inputs)
 
-    def _calibrate(self) -> None:
+    def calibrate(self) -> None:
         """Initialise every LSQ step from the recipe's calibration batches (eval mode: no
         statistics change) before DDP broadcasts rank 0's parameters, and record how
         much of each layer's weight the initial steps clip."""
@@ -248,6 +257,8 @@ class Trainer:
             loss = self.task.loss(output.float(), target)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.clip_grad_norm:
+                nn.utils.clip_grad_norm_(model.parameters(), self.clip_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
             loss_sum += loss.detach() * target.shape[0]
@@ -263,7 +274,7 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
         }
 
-    def _evaluate(self) -> dict[str, float]:
+    def evaluate(self) -> dict[str, float]:
         deployed = deploy_form(self.model, self.job.stage)
         return self.task.evaluate(deployed, self.ctx.device)
 
@@ -297,7 +308,7 @@ class Trainer:
         try:
             resumed = self._try_resume()
             if not resumed:
-                self._calibrate()
+                self.calibrate()
             model = self.model
             if self.ctx.distributed:
                 ids = [self.ctx.local_rank] if self.cuda else None
@@ -308,13 +319,13 @@ class Trainer:
             while self.epoch < self.epochs:
                 stats = self._train_epoch(model)
                 if self.ctx.is_main:
-                    self._record(stats, self._evaluate())
+                    self._record(stats, self.evaluate())
                 self.epoch += 1
                 if self.ctx.is_main:
                     self._save_resume()
                 distributed.barrier(self.ctx)
             if not self.history and self.ctx.is_main:  # PTQ: the calibrated model as it is
-                self._record({}, self._evaluate())
+                self._record({}, self.evaluate())
             result = self._finish() if self.ctx.is_main else {}
             distributed.barrier(self.ctx)
             return result

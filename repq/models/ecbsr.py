@@ -13,7 +13,9 @@ class ECBSR(nn.Module):
     last, the input added to the output (broadcast over the ``s*s`` sub-pixels), then
     pixel shuffle by ``s``."""
 
-    precision_policy = PrecisionPolicy(first="full", last="full", signed_inputs="all")
+    precision_policy = PrecisionPolicy(
+        first="full", last="full", signed_input=False, signed_hidden=True
+    )
     bnest_keep_bn = 0
 
     def __init__(

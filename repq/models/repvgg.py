@@ -18,7 +18,7 @@ class RepVGG(nn.Module):
     """Stem block, four stages (the first block of each has stride 2), global average
     pooling and a linear classifier. Every block is followed by a ReLU."""
 
-    precision_policy = PrecisionPolicy(first="input", signed_inputs="first")
+    precision_policy = PrecisionPolicy(first="input")
     bnest_keep_bn = 0
 
     def __init__(

@@ -60,7 +60,7 @@ def clipped_fraction(layer: QuantLayer) -> float:
     """The fraction of the layer's deploy weights that its quantizer clips."""
     weight, _ = layer.float_weight()
     quantizer = layer.weight_quant
-    codes = torch.round(weight / quantizer.step.reshape(-1, *[1] * (weight.dim() - 1)))
+    codes = quantizer.integers(weight, clamp=False)
     outside = (codes < quantizer.qmin) | (codes > quantizer.qmax)
     return float(outside.float().mean())
 

@@ -33,7 +33,7 @@ class QuantInit:
     number of calibration batches (the recipe's ``quant`` section; these are the
     defaults, chosen by the PTQ measurement in the README)."""
 
-    weight: str = "mse"
+    weight: str = "minmax"
     activation: str = "mse"
     calibration_batches: int = 8
 
@@ -91,4 +91,4 @@ def initial_step(x: Tensor, rule: str, qmin: int, qmax: int, per_channel: bool) 
     rows = _rows(x, per_channel)
     if not per_channel and rows.shape[1] > ACT_SAMPLE:
         rows = rows[:, :: -(-rows.shape[1] // ACT_SAMPLE)]
-    return RULES[rule](rows, qmin, qmax).clamp_min(1e-8)
+    return RULES[rule](rows, qmin, qmax)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from repq.quant.init import QuantInit, initial_step
 
+MIN_STEP = 1e-8
 CHUNK_ELEMENTS = 1 << 18
 """Elements per chunk on the CPU: a chunk's passes run in cache, and the backward's two
 scratch buffers (1 MiB each) are reused where whole-tensor temporaries would be fresh
@@ -167,10 +168,17 @@ class LSQQuantizer(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._ready = bool(self.initialized)
 
+    @property
+    def scale(self) -> Tensor:
+        """The step in use: ``|step|``, at least ``MIN_STEP``. A learned step that an
+        update pushes through zero stays a valid step (as MQBench keeps ``|scale|``),
+        and the gradient is unchanged while the step is positive."""
+        return self.step.abs().clamp_min(MIN_STEP)
+
     def _shaped_step(self, x: Tensor) -> Tensor:
         if self.per_channel:
-            return self.step.reshape(-1, *([1] * (x.dim() - 1)))
-        return self.step
+            return self.scale.reshape(-1, *([1] * (x.dim() - 1)))
+        return self.scale
 
     def _elements_per_step(self, x: Tensor) -> int:
         return max(1, x.numel() // self.step.numel())
@@ -221,9 +229,11 @@ class LSQQuantizer(nn.Module):
         return lsq_fake_quantize(x, self._shaped_step(x), self.qmin, self.qmax, grad_factor)
 
     @torch.no_grad()
-    def integers(self, x: Tensor) -> Tensor:
-        """The integer codes ``clamp(round(x / s))`` that the fake quantizer represents."""
-        return torch.clamp(torch.round(x / self._shaped_step(x)), self.qmin, self.qmax)
+    def integers(self, x: Tensor, clamp: bool = True) -> Tensor:
+        """The integer codes ``clamp(round(x / s))`` that the fake quantizer represents
+        (unclamped: where ``x`` would land without the range)."""
+        codes = torch.round(x / self._shaped_step(x))
+        return torch.clamp(codes, self.qmin, self.qmax) if clamp else codes
 
     def extra_repr(self) -> str:
         kind = "per-channel" if self.per_channel else "per-tensor"

@@ -42,7 +42,8 @@ class Branch:
 def fold_norm(
     kernel: Tensor, bias: Tensor | None, norm: nn.BatchNorm2d, mean: Tensor, var: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Fold ``BN(x * K + b)`` into one kernel and bias (METHOD §2).
+    """Fold ``BN(x * K + b)`` into one kernel and bias (the BN fusion of RepVGG, Ding et
+    al. 2021, that RepQ's Algorithm 1 applies with batch statistics).
 
     ``K' = K * g / sqrt(V + eps)`` and ``b' = beta + (b - mu) * g / sqrt(V + eps)``,
     where ``mu`` is the mean of ``x * K + b`` (it includes ``b``).

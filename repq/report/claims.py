@@ -149,27 +149,30 @@ def stage_claims(results: list[Result]) -> list[dict]:
     return rows
 
 
+def _merged_lr_and_rest(config: dict) -> tuple[float | None, str]:
+    """A run config's Merged 8-bit LR, and everything else but the seed, as text."""
+    train = {k: v for k, v in config["train"].items() if k != "seed"}
+    lr = dict(train.get("lr", {}))
+    merged = lr.pop("merged_8bit", None)
+    rest = {**config, "train": {**train, "lr": lr}}
+    return merged, json.dumps(rest, sort_keys=True)
+
+
 def _lr_variants(runs: Path, results: list[Result]) -> list[tuple[str, str]]:
-    """``(lower, higher)`` experiment pairs whose configs differ only in the Merged 8-bit
-    LR (read from each experiment's ``config.json`` of its 8-bit Merged run)."""
+    """``(lower, higher)`` experiment pairs whose 8-bit Merged runs differ only in the
+    Merged 8-bit LR (read from each run's ``config.json``)."""
     stage = str(Stage.qat("merged", 8))
-    configs = {}
+    found: dict[str, tuple[float | None, str]] = {}
     for r in results:
-        if str(r.stage) == stage and r.experiment not in configs:
+        if str(r.stage) == stage and r.experiment not in found:
             path = runs / r.experiment / f"seed{r.seed}" / stage / "config.json"
-            config = json.loads(path.read_text())
-            config["train"].pop("seed", None)
-            configs[r.experiment] = config
-    pairs = []
-    for low, low_config in configs.items():
-        for high, high_config in configs.items():
-            lr_low, lr_high = low_config["train"]["lr"], high_config["train"]["lr"]
-            rest_equal = {**low_config, "train": {**low_config["train"], "lr": lr_high}} == (
-                high_config
-            )
-            if rest_equal and lr_low["merged_8bit"] < lr_high["merged_8bit"]:
-                pairs.append((low, high))
-    return pairs
+            found[r.experiment] = _merged_lr_and_rest(json.loads(path.read_text()))
+    return [
+        (low, high)
+        for low, (low_lr, low_rest) in found.items()
+        for high, (high_lr, high_rest) in found.items()
+        if low_rest == high_rest and None not in (low_lr, high_lr) and low_lr < high_lr
+    ]
 
 
 def lr_claims(runs: Path, results: list[Result]) -> list[dict]:

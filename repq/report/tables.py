@@ -158,9 +158,9 @@ def first(runs: Runs) -> Result:
 def primary_metric(result: Result) -> str:
     """The metric key that claims and figures use: the task's primary metric on its first
     test set (the first metric of a task this module does not know)."""
-    primary = TASKS[result.task].primary if result.task in TASKS else None
-    keys = list(result.metrics)
-    return next((k for k in keys if k.split("/")[0] == primary), keys[0])
+    if result.task in TASKS:
+        return TASKS[result.task].primary_key(result.metrics)
+    return next(iter(result.metrics))
 
 
 def values(runs: Runs, stage: Stage, metric: str) -> dict[int, float]:

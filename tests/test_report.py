@@ -1,0 +1,212 @@
+"""The report on hand-made results: cells, Δ, seeds, bold, n/a, no run, the formats,
+the claims and the figure, each against numbers computed here by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+from runs import write_run
+
+from repq.report import write_report
+from repq.report.claims import (
+    CONTRADICTED,
+    HOLDS,
+    NOT_RESOLVED,
+    Interval,
+    better,
+    claims_table,
+    close,
+    loses_at_most,
+)
+from repq.report.figures import delta_bars
+from repq.report.tables import Cell, collect, task_tables, to_csv_frame, to_latex, to_markdown
+
+# top-1 of RepVGG-A0 per seed: FP, FP-BNest and the quantized stages
+A0 = {
+    "fp": (70.0, 71.0, 72.0),
+    "fp-bnest": (69.0, 70.5, 71.0),
+    "ptq-8": (69.5, 70.0, 71.5),
+    "qat-merged-8": (69.0, 70.2, 71.1),
+    "qat-repq-8": (70.1, 71.0, 71.9),
+    "qat-bnest-8": (69.2, 70.0, 71.2),
+    "ptq-4": (8.0, 9.0, 10.0),
+    "qat-merged-4": (60.0, 61.5, 62.0),
+    "qat-repq-4": (64.0, 65.0, 66.5),
+    "qat-bnest-4": (63.5, 64.5, 66.0),
+}
+SR = {  # ECBSR x2, PSNR on "a" and "b", one seed
+    "fp": {"psnr/a": 34.0, "ssim/a": 0.91, "psnr/b": 30.0, "ssim/b": 0.85},
+    "qat-merged-4": {"psnr/a": 33.5, "ssim/a": 0.89, "psnr/b": 29.7, "ssim/b": 0.83},
+    "qat-repq-4": {"psnr/a": 33.7, "ssim/a": 0.90, "psnr/b": 29.9, "ssim/b": 0.84},
+}
+
+
+@pytest.fixture
+def runs(tmp_path):
+    for stage, values in A0.items():
+        for seed, value in enumerate(values):
+            write_run(tmp_path, "repvgg_a0", stage, {"top1": value}, seed=seed)
+    for stage, metrics in SR.items():
+        write_run(tmp_path, "ecbsr_x2", stage, metrics, "ecbsr", "superres", {"scale": 2})
+    return tmp_path
+
+
+def test_cells_are_means_and_sample_stds_over_seeds(runs):
+    table = task_tables(collect(runs))["classification"].iloc[0]
+    assert table["FP"].values == (70.0, 71.0, 72.0)
+    assert table["FP"].mean == pytest.approx(71.0) and table["FP"].std == pytest.approx(1.0)
+    repq4 = table["4-bit RepQ"]
+    assert repq4.mean == pytest.approx(65.1666667) and repq4.n == 3
+    deviations = (64.0 - 65.1666667, 65.0 - 65.1666667, 66.5 - 65.1666667)
+    assert repq4.std == pytest.approx(math.sqrt(sum(d * d for d in deviations) / 2))
+
+
+def test_deltas_are_paired_by_seed_and_from_the_fp_stage_a_method_starts_from(runs):
+    row = task_tables(collect(runs))["classification"].iloc[0]
+    assert row["4-bit RepQ Δ"].values == pytest.approx((-6.0, -6.0, -5.5))
+    assert row["4-bit RepQ-BNest Δ"].values == pytest.approx((-5.5, -6.0, -5.0))  # FP-BNest
+    assert row["8-bit PTQ Δ"].values == pytest.approx((-0.5, -1.0, -0.5))
+
+
+def test_missing_runs_and_methods_that_do_not_apply(runs):
+    superres = task_tables(collect(runs))["superres"]
+    assert list(superres["method"]) == ["FP", "PTQ", "Merged", "RepQ", "PTQ", "Merged", "RepQ"]
+    assert superres.iloc[5]["a PSNR"].mean == 33.5
+    assert "RepQ-BNest" not in set(superres["method"])  # no BN
+    repq4 = superres[(superres["method"] == "RepQ") & (superres["bits"] == 4)].iloc[0]
+    assert repq4["a PSNR"].mean == 33.7 and repq4["b SSIM"].mean == 0.84
+    assert superres.iloc[1]["a PSNR"] == "no run"
+    write_run(runs, "ecbsr_x2", "fp", {"psnr/a": 1.0}, "ecbsr", "superres", seed=1)
+    assert "n/a" not in to_markdown(superres)
+
+
+def test_bold_marks_the_best_mean_per_bit_width(runs):
+    markdown = to_markdown(task_tables(collect(runs))["classification"])
+    row = markdown.splitlines()[2].split(" | ")
+    header = markdown.splitlines()[0].split(" | ")
+    bold = {header[i] for i, cell in enumerate(row) if cell.startswith("**")}
+    assert bold == {"8-bit RepQ", "4-bit RepQ"}
+    assert "71.00 ± 0.90" in markdown  # 8-bit RepQ, two decimals
+    assert "| +0.00 ± 0.10 |" in markdown and "| -5.83 ± 0.29 |" in markdown  # the RepQ Δs
+
+
+def test_latex_and_csv_hold_the_markdown_numbers(runs):
+    table = task_tables(collect(runs))["classification"]
+    latex = to_latex(table)
+    assert r"\textbf{65.17 $\pm$ 1.26}" in latex and r"4-bit RepQ $\Delta$" in latex
+    csv = to_csv_frame(table)
+    assert csv.loc[0, "4-bit RepQ"] == pytest.approx(table.loc[0, "4-bit RepQ"].mean)
+    assert csv.loc[0, "4-bit RepQ std"] == pytest.approx(table.loc[0, "4-bit RepQ"].std)
+    assert csv.loc[0, "4-bit RepQ n"] == 3
+
+
+def test_interval_arithmetic_against_hand_computed_values():
+    interval = Interval((1.0, 2.0, 3.0))
+    # mean 2, s = 1, t(0.975, 2) = 4.302653
+    assert interval.mean == 2.0
+    assert interval.half_width == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
+    assert Interval((5.0,)).verdict(better, 1.0) == NOT_RESOLVED
+
+
+@pytest.mark.parametrize(
+    ("test", "low", "high", "margin", "verdict"),
+    [
+        (better, 0.1, 2.0, 1.0, HOLDS),
+        (better, -0.1, 2.0, 1.0, NOT_RESOLVED),
+        (better, -2.0, -0.1, 1.0, CONTRADICTED),
+        (loses_at_most, -0.9, 0.5, 1.0, HOLDS),
+        (loses_at_most, -1.1, 0.5, 1.0, NOT_RESOLVED),
+        (loses_at_most, -3.0, -1.2, 1.0, CONTRADICTED),
+        (close, -0.5, 0.9, 1.0, HOLDS),
+        (close, -0.5, 1.5, 1.0, NOT_RESOLVED),
+        (close, 1.2, 3.0, 1.0, CONTRADICTED),
+        (close, -3.0, -1.2, 1.0, CONTRADICTED),
+    ],
+)
+def test_verdicts_follow_the_interval(test, low, high, margin, verdict):
+    assert test(low, high, margin) == verdict
+
+
+def test_claims_on_synthetic_results(runs):
+    table = claims_table(runs, collect(runs)).set_index(["model", "claim"])
+    a0 = table.loc["RepVGG-A0"]
+    # 8-bit RepQ - FP = (0.1, 0.0, -0.1): CI +-0.25, inside (-1, inf)
+    assert a0.loc["8-bit RepQ loses at most 1 point against FP", "verdict"] == HOLDS
+    # 4-bit RepQ - Merged = (4.0, 3.5, 4.5): CI 4 +- 1.24
+    better_row = a0.loc["4-bit RepQ is better than Merged"]
+    assert better_row["mean"] == pytest.approx(4.0) and better_row["verdict"] == HOLDS
+    assert better_row["ci_low"] == pytest.approx(4.0 - 4.302653 * 0.5 / math.sqrt(3), rel=1e-6)
+    # 4-bit BNest - RepQ = (-0.5, -0.5, -0.5): no spread, inside (-1, 1)
+    assert a0.loc["4-bit RepQ-BNest is within 1 point of RepQ", "verdict"] == HOLDS
+    # one seed of ECBSR: nothing resolved
+    sr = table.loc["ECBSR x2"]
+    assert set(sr["verdict"]) == {NOT_RESOLVED} and set(sr["n"]) == {1}
+
+
+def test_the_lr_claim_compares_experiments_that_differ_only_in_that_lr(tmp_path):
+    lr = {"fp": 0.1, "quantized": 0.01}
+    for seed, (low, high) in enumerate([(69.2, 68.4), (69.0, 68.3), (69.4, 68.5)]):
+        for name, value, merged in (("a0", low, 0.001), ("a0_lr", high, 0.01)):
+            train = {"lr": {**lr, "merged_8bit": merged}}
+            write_run(tmp_path, name, "qat-merged-8", {"top1": value}, seed=seed, train=train)
+    write_run(tmp_path, "other", "qat-merged-8", {"top1": 1.0}, train={"lr": lr})
+    table = claims_table(tmp_path, collect(tmp_path))
+    (row,) = table[table["claim"] == "8-bit Merged is better with the lower LR"].to_dict("records")
+    assert row["difference"] == "a0 - a0_lr" and row["mean"] == pytest.approx(0.8)
+    assert row["verdict"] == HOLDS
+
+
+def test_the_figure_plots_the_tables_deltas(runs):
+    write_report(runs, runs / "tables")
+    table = task_tables(collect(runs))["classification"]
+    means, spreads, metric = delta_bars(collect(runs))["classification"]
+    assert metric == "top1"
+    for stage in means.columns:
+        cell = table.loc[0, f"{stage} Δ"]
+        assert means.loc["RepVGG-A0", stage] == pytest.approx(cell.mean)
+        assert spreads.loc["RepVGG-A0", stage] == pytest.approx(cell.std)
+    assert set(means.columns) == {c.removesuffix(" Δ") for c in table.columns if c.endswith("Δ")}
+
+
+def test_the_drawn_bars_are_the_deltas(runs, monkeypatch):
+    """Read the heights back from the matplotlib axes that drop_figure draws."""
+    import matplotlib.axes
+
+    drawn = []
+    original = matplotlib.axes.Axes.bar
+
+    def spy(self, x, height, *args, **kwargs):
+        drawn.append((kwargs.get("label"), list(height)))
+        return original(self, x, height, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", spy)
+    write_report(runs, runs / "tables")
+    heights = dict(drawn[:8])  # the classification panel comes first
+    table = task_tables(collect(runs))["classification"]
+    assert heights["4-bit RepQ"][0] == pytest.approx(table.loc[0, "4-bit RepQ Δ"].mean)
+    assert heights["8-bit PTQ"][0] == pytest.approx(table.loc[0, "8-bit PTQ Δ"].mean)
+    # classification: 2 x (PTQ + 3 methods); SR: the 2 stages it ran
+    assert len(drawn) == 8 + 2
+    assert (runs / "tables" / "drop.png").stat().st_size > 10_000
+
+
+def test_every_cell_equals_its_evaluation(runs):
+    table = to_csv_frame(task_tables(collect(runs))["classification"])
+    for stage, values in A0.items():
+        column = {"fp": "FP", "fp-bnest": "FP-BNest"}.get(stage) or _display(stage)
+        assert table.loc[0, column] == pytest.approx(sum(values) / 3), stage
+    written = pd.read_csv(write_report(runs, runs / "t")[0].parent / "runs.csv")
+    assert len(written) == 3 * len(A0) + 4 * len(SR)
+
+
+def _display(stage: str) -> str:
+    from repq.vocab import Stage
+
+    return Stage.parse(stage).display
+
+
+def test_cell_formats():
+    assert Cell((1.234,)).format(2) == "1.23"
+    assert Cell((1.0, 2.0)).format(2, signed=True) == "+1.50 ± 0.71"
