@@ -161,3 +161,17 @@ def test_unreachable_tracking_server_fails_at_start_up(capsys, tmp_path, mini_da
 def test_qat_needs_its_init(capsys, tmp_path, mini_data):
     args = ["--stage", "qat-repq-4", "--out", str(tmp_path)]
     assert "--init" in _run(capsys, "ecbsr.yaml", sr_overrides(mini_data), *args)
+
+
+def test_a_test_image_too_small_to_score_is_named(capsys, tmp_path, mini_data):
+    """SSIM's 11x11 window inside the border needs 15x15 at x2: a 5x5 image is named at
+    start-up instead of ending the evaluation in scikit-image's traceback."""
+    from PIL import Image
+
+    tests = tmp_path / "mini_a"
+    shutil.copytree(mini_data / "sr" / "test" / "mini_a", tests)
+    Image.new("RGB", (5, 5), (40, 90, 200)).save(tests / "tiny.png")
+    overrides = sr_overrides(mini_data) + [f"data.test={{mini_a: {tests}}}"]
+    err = _fp(capsys, tmp_path, "ecbsr.yaml", overrides)
+    assert f"{tests / 'tiny.png'} (5x5) is too small to score at x2" in err
+    assert "15x15" in err and "Traceback" not in err

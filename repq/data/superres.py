@@ -73,14 +73,31 @@ class SRTrainSet(Dataset):
         return _as_tensor(bicubic_downscale(hr, self.scale)), _as_tensor(hr)
 
 
+def check_test_sizes(files: list[Path], scale: int, min_side: int) -> None:
+    """A DataError names the first image whose mod-cropped side is under ``min_side``
+    (what the metrics need: SSIM's window inside the border)."""
+    for path in files:
+        with Image.open(path) as image:
+            width, height = image.size
+        if min(width - width % scale, height - height % scale) < min_side:
+            raise DataError(
+                f"{path} ({width}x{height}) is too small to score at x{scale}: PSNR and SSIM "
+                f"need at least {min_side}x{min_side} pixels (SSIM's window inside the border)"
+            )
+
+
 class SRTestSet(Dataset):
     """A test set folder of HR images (Set5, Set14, B100, Urban100): mod-cropped HR and
-    its bicubic LR, whole images (batch size 1)."""
+    its bicubic LR, whole images (batch size 1). Every image is at least ``min_side``
+    pixels a side after the mod-crop (checked here, from the headers)."""
 
-    def __init__(self, root: str | Path, scale: int, verify_images: bool = True) -> None:
+    def __init__(
+        self, root: str | Path, scale: int, verify_images: bool = True, min_side: int = 1
+    ) -> None:
         self.files = list_images(require_dir(root, "super-resolution test set"))
         if verify_images:
             check_readable(self.files)
+        check_test_sizes(self.files, scale, min_side)
         self.scale = scale
 
     def __len__(self) -> int:

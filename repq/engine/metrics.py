@@ -7,6 +7,16 @@ import math
 import numpy as np
 import torch
 
+SSIM_SIGMA = 1.5
+SSIM_WINDOW = 2 * int(3.5 * SSIM_SIGMA + 0.5) + 1
+"""The side of SSIM's Gaussian window (scikit-image truncates at 3.5 sigma): 11."""
+
+
+def min_sr_side(scale: int) -> int:
+    """The smallest mod-cropped HR side that both metrics can score: SSIM's window
+    inside the ``scale``-pixel border."""
+    return SSIM_WINDOW + 2 * scale
+
 
 def top1_correct(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Number of samples whose arg-max class is the target (a 0-d tensor, no sync)."""
@@ -37,6 +47,11 @@ def ssim_y(sr: torch.Tensor, hr: torch.Tensor, border: int) -> float:
     a, b = _crop(quantize_pixels(sr), border), _crop(hr, border)
     return float(
         structural_similarity(
-            a, b, data_range=255.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+            a,
+            b,
+            data_range=255.0,
+            gaussian_weights=True,
+            sigma=SSIM_SIGMA,
+            use_sample_covariance=False,
         )
     )

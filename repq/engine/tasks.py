@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from repq.data.sampling import Seeded
 from repq.data.superres import SRTestSet, SRTrainSet
-from repq.engine.metrics import psnr_y, ssim_y, top1_correct
+from repq.engine.metrics import min_sr_side, psnr_y, ssim_y, top1_correct
 from repq.errors import DataError
 from repq.vocab import TASKS
 
@@ -119,7 +119,8 @@ class SuperResTask(Task):
             else None
         )
         self._tests = {
-            name: SRTestSet(path, self.scale, verify) for name, path in self.data["test"].items()
+            name: SRTestSet(path, self.scale, verify, min_sr_side(self.scale))
+            for name, path in self.data["test"].items()
         }
         self.primary = f"{self.facts.primary}/{next(iter(self._tests))}"
 
