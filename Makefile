@@ -7,7 +7,7 @@ STAMP := $(VENV)/.deps-stamp
 CORES ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint format demo mini bench bench-gpu clean-demo
+.PHONY: setup test lint format demo mini mutation bench bench-gpu clean-demo
 
 setup: $(STAMP)
 
@@ -37,6 +37,14 @@ mini: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --profile profiles/default --configfile config/mini.yaml
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --profile profiles/default --configfile config/mini.yaml --report results/reproduction/report.html
 	@$(BIN)/repq demo-summary --results results/reproduction
+
+# Mutation testing of the core math (not part of CI: it takes hours on 2 cores); the
+# triage of its survivors is kept in tests/MUTATION.md.
+mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,mutation]'
+	$(BIN)/mutmut run --max-children $(CORES)
+	$(BIN)/python tests/mutation_score.py mutants > tests/mutation-score.md
+	$(BIN)/mutmut results
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py

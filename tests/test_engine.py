@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from conftest import RECIPES, as_args, cls_overrides, sr_overrides, tracking_overrides
@@ -53,13 +54,15 @@ def _chain(recipe: str, overrides: list[str], tmp: Path, methods: list[str]) -> 
 def test_classification_chain(mini_data, tmp_path):
     overrides = cls_overrides(mini_data) + tracking_overrides(tmp_path)
     results = _chain("ac_resnet18.yaml", overrides, tmp_path, ["merged", "repq", "bnest"])
-    for result in results.values():
-        assert 0.0 <= result["metrics"]["top1"] <= 100.0
-        assert result["selection"] == "best"
+    # two epochs on 24 images a class: 22.9, 29.2 and 22.9% for seeds 0-2 (chance 8.3%)
+    assert results["fp"]["metrics"]["top1"] >= 2 * 100 / 12
+    assert all(result["selection"] == "best" for result in results.values())
     history = (tmp_path / "repq" / "history.csv").read_text().splitlines()
     assert len(history) == 1 + 2 and "qstep/layers/weight" in history[0]
-    precision = (tmp_path / "repq" / "precision.tsv").read_text().splitlines()
-    assert precision[1].startswith("stem.0\t8\t8\ttrue")
+    for method in ("merged", "repq", "bnest"):  # S1 at 4 bits: only the first layer 8-bit
+        rows = (tmp_path / method / "precision.tsv").read_text().splitlines()[1:]
+        table = [(int(w), int(i), s == "true") for _, w, i, s in (r.split("\t") for r in rows)]
+        assert table[0] == (8, 8, True) and set(table[1:]) == {(4, 4, False)}, method
 
 
 def test_superres_chain(mini_data, tmp_path):
@@ -68,8 +71,10 @@ def test_superres_chain(mini_data, tmp_path):
     for result in results.values():
         metrics = result["metrics"]
         assert set(metrics) == {"psnr/mini_a", "ssim/mini_a", "psnr/mini_b", "ssim/mini_b"}
-        assert 10 < metrics["psnr/mini_a"] < 60 and 0 < metrics["ssim/mini_a"] <= 1
         assert result["selection"] == "last" and result["epoch"] == 1
+    # training helps: the second epoch gains 1.1 to 1.5 dB over the first (seeds 0-2)
+    history = pd.read_csv(tmp_path / "fp" / "history.csv")
+    assert history["psnr/mini_a"].iloc[1] > history["psnr/mini_a"].iloc[0] + 0.5
 
 
 def test_mlflow_run_holds_params_metrics_and_artifacts(mini_data, tmp_path):

@@ -124,9 +124,9 @@ def test_deployed_weights_lie_on_the_integer_grid(bits, method):
     ]
     assert layers
     for layer in layers:
-        codes = layer.weight / layer.weight_quant.step.reshape(-1, *[1] * (layer.weight.dim() - 1))
+        codes = layer.weight / layer.weight_quant.scale.reshape(-1, *[1] * (layer.weight.dim() - 1))
         wb = layer.precision.weight_bits
-        assert torch.allclose(codes, codes.round(), atol=1e-3)
+        assert torch.allclose(codes, codes.round(), rtol=0, atol=1e-4)  # measured 7.6e-6
         assert codes.round().min() >= -(2 ** (wb - 1)) and codes.round().max() <= 2 ** (wb - 1) - 1
 
 

@@ -17,7 +17,8 @@ SIZES = [(9, 9), (10, 10), (7, 12)]
 
 @pytest.mark.parametrize("factory", FACTORIES, ids=IDS)
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+# tolerances about 10x the largest error measured over every case: 3.3e-7 and 5.1e-16
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 4e-6), (torch.float64, 5e-15)])
 def test_block_equals_its_deploy_conv(factory, size, dtype, tol):
     block = randomize(factory()).eval().to(dtype)
     x = torch.randn(2, block.in_channels, *size, dtype=dtype)
@@ -43,7 +44,8 @@ def test_kernel_function_reaches_every_parameter(factory):
     merged = _grads(block, lambda: (block.apply_kernel(x, *block.kernel_bias()) * r).sum())
     for name, _ in block.named_parameters():
         assert name in merged, name
-        assert rel_err(merged[name], branches[name]) < 1e-10 or name.endswith(DEAD), name
+        # measured at most 2.1e-15
+        assert rel_err(merged[name], branches[name]) < 2e-14 or name.endswith(DEAD), name
         assert merged[name].abs().sum() > 0 or name.endswith(DEAD), name
 
 
@@ -76,7 +78,7 @@ def test_kernel_function_gradcheck(name):
         return torch.func.functional_call(wrapper, dict(zip(names, tensors, strict=True)), ())
 
     inputs = tuple(p.detach().clone().requires_grad_() for p in params.values())
-    assert torch.autograd.gradcheck(kernel_of, inputs, eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(kernel_of, inputs, eps=1e-6, atol=1e-5, fast_mode=True)
 
 
 def test_composed_stem_kernel_is_the_sequence_of_its_generators():
@@ -88,7 +90,7 @@ def test_composed_stem_kernel_is_the_sequence_of_its_generators():
     sequential = nn.functional.conv2d(nn.functional.conv2d(x, first), second)
     composed = nn.functional.conv2d(x, compose_kernels(first, second))
     assert composed.shape == sequential.shape
-    assert rel_err(composed, sequential) < 1e-12
+    assert rel_err(composed, sequential) < 5e-15  # measured 4.2e-16
 
 
 FULL_INPUT = {"ecbsr": (1, 24, 24)}
@@ -102,7 +104,7 @@ def test_whole_model_reparameterizes(name):
     deploy = reparameterize(model)
     assert not any(isinstance(m, ReparamBlock) for m in deploy.modules())
     with torch.no_grad():
-        assert rel_err(deploy(x), model(x)) <= 1e-4
+        assert rel_err(deploy(x), model(x)) <= 7e-6  # measured at most 6.6e-7
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert any(isinstance(m, ReparamBlock) for m in model.modules())
@@ -156,7 +158,7 @@ def test_plain_conv_bn_pairs_are_folded():
     assert not any(isinstance(m, nn.BatchNorm2d) for m in deploy.modules())
     x = torch.randn(2, 3, 10, 10)
     with torch.no_grad():
-        assert rel_err(deploy(x), model(x)) <= 1e-5
+        assert rel_err(deploy(x), model(x)) <= 2e-6  # measured 1.3e-7
 
 
 def test_unknown_model_names_the_choices():

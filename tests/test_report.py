@@ -3,6 +3,7 @@ the claims and the figure, each against numbers computed here by hand."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -15,11 +16,13 @@ from repq.report.claims import (
     HOLDS,
     NOT_RESOLVED,
     Interval,
+    _lr_variants,
     better,
     claims_table,
     close,
     loses_at_most,
 )
+from repq.report.claims import to_markdown as claims_markdown
 from repq.report.figures import delta_bars
 from repq.report.tables import Cell, collect, task_tables, to_csv_frame, to_latex, to_markdown
 
@@ -108,6 +111,15 @@ def test_interval_arithmetic_against_hand_computed_values():
     assert interval.mean == 2.0
     assert interval.half_width == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
     assert Interval((5.0,)).verdict(better, 1.0) == NOT_RESOLVED
+    assert math.isnan(Interval(()).mean) and math.isnan(Interval((5.0,)).half_width)
+
+
+def test_two_seeds_resolve_and_the_verdict_uses_both_ends():
+    # mean 2.1, s = 0.1414, t(0.975, 1) = 12.7062: [0.83, 3.37]
+    assert Interval((2.0, 2.2)).verdict(better, 1.0) == HOLDS
+    # mean 2, half width 2.48: [-0.48, 4.48] straddles 0
+    assert Interval((1.0, 2.0, 3.0)).verdict(better, 1.0) == NOT_RESOLVED
+    assert Interval((-3.0, -2.0, -1.0)).verdict(better, 1.0) == NOT_RESOLVED
 
 
 @pytest.mark.parametrize(
@@ -123,6 +135,20 @@ def test_interval_arithmetic_against_hand_computed_values():
         (close, -0.5, 1.5, 1.0, NOT_RESOLVED),
         (close, 1.2, 3.0, 1.0, CONTRADICTED),
         (close, -3.0, -1.2, 1.0, CONTRADICTED),
+        # an interval that touches the bound is not strictly on one side of it
+        (better, 0.0, 2.0, 1.0, NOT_RESOLVED),
+        (better, -2.0, 0.0, 1.0, NOT_RESOLVED),
+        (better, -2.0, 0.5, 1.0, NOT_RESOLVED),
+        (loses_at_most, -1.0, 0.5, 1.0, NOT_RESOLVED),
+        (loses_at_most, -3.0, -1.0, 1.0, NOT_RESOLVED),
+        (close, -1.0, 0.5, 1.0, NOT_RESOLVED),
+        (close, -0.5, 1.0, 1.0, NOT_RESOLVED),
+        (close, -3.0, -1.0, 1.0, NOT_RESOLVED),
+        (close, -3.0, 0.5, 1.0, NOT_RESOLVED),
+        (close, 1.0, 3.0, 1.0, NOT_RESOLVED),
+        # a margin-free claim ignores the margin; a margin claim without one never resolves
+        (better, 0.5, 2.0, math.nan, HOLDS),
+        (loses_at_most, -0.5, 0.5, math.nan, NOT_RESOLVED),
     ],
 )
 def test_verdicts_follow_the_interval(test, low, high, margin, verdict):
@@ -138,6 +164,9 @@ def test_claims_on_synthetic_results(runs):
     better_row = a0.loc["4-bit RepQ is better than Merged"]
     assert better_row["mean"] == pytest.approx(4.0) and better_row["verdict"] == HOLDS
     assert better_row["ci_low"] == pytest.approx(4.0 - 4.302653 * 0.5 / math.sqrt(3), rel=1e-6)
+    assert better_row["ci_high"] == pytest.approx(4.0 + 4.302653 * 0.5 / math.sqrt(3), rel=1e-6)
+    assert better_row["difference"] == "4-bit RepQ - 4-bit Merged"
+    assert better_row["metric"] == "top1" and better_row["n"] == 3
     # 4-bit BNest - RepQ = (-0.5, -0.5, -0.5): no spread, inside (-1, 1)
     assert a0.loc["4-bit RepQ-BNest is within 1 point of RepQ", "verdict"] == HOLDS
     # one seed of ECBSR: nothing resolved
@@ -152,10 +181,25 @@ def test_the_lr_claim_compares_experiments_that_differ_only_in_that_lr(tmp_path)
             train = {"lr": {**lr, "merged_8bit": merged}}
             write_run(tmp_path, name, "qat-merged-8", {"top1": value}, seed=seed, train=train)
     write_run(tmp_path, "other", "qat-merged-8", {"top1": 1.0}, train={"lr": lr})
+    # differs in the epochs too: not an LR variant of a0
+    train = {"lr": {**lr, "merged_8bit": 0.01}, "epochs": 9}
+    write_run(tmp_path, "a0_long", "qat-merged-8", {"top1": 1.0}, train=train)
     table = claims_table(tmp_path, collect(tmp_path))
     (row,) = table[table["claim"] == "8-bit Merged is better with the lower LR"].to_dict("records")
     assert row["difference"] == "a0 - a0_lr" and row["mean"] == pytest.approx(0.8)
     assert row["verdict"] == HOLDS
+    assert (row["model"], row["metric"]) == ("RepVGG-A0", "top1")
+
+
+def test_lr_variants_are_found_whatever_the_seed_and_key_order(tmp_path):
+    lr = {"fp": 0.1, "quantized": 0.01}
+    for seed, name, merged in ((0, "a0", 0.001), (1, "a0", 0.001), (1, "a0_lr", 0.01)):
+        train = {"lr": {**lr, "merged_8bit": merged}}
+        write_run(tmp_path, name, "qat-merged-8", {"top1": 70.0}, seed=seed, train=train)
+    config = tmp_path / "a0_lr" / "seed1" / "qat-merged-8" / "config.json"
+    content = json.loads(config.read_text())
+    config.write_text(json.dumps(dict(reversed(content.items()))))
+    assert _lr_variants(tmp_path, collect(tmp_path)) == [("a0", "a0_lr")]
 
 
 def test_the_figure_plots_the_tables_deltas(runs):
@@ -210,3 +254,83 @@ def _display(stage: str) -> str:
 def test_cell_formats():
     assert Cell((1.234,)).format(2) == "1.23"
     assert Cell((1.0, 2.0)).format(2, signed=True) == "+1.50 ± 0.71"
+
+
+@pytest.mark.parametrize("trains", [True, False])
+def test_the_curves_plot_the_history(tmp_path, monkeypatch, trains):
+    """Read the plotted lines back: loss (when the run trained) and the metric per epoch."""
+    import matplotlib.axes
+
+    from repq.report.figures import curve_figure
+
+    drawn = []
+    original = matplotlib.axes.Axes.plot
+
+    def spy(self, x, y, *args, **kwargs):
+        drawn.append((self, list(x), list(y)))
+        return original(self, x, y, *args, **kwargs)
+
+    history = pd.DataFrame({"epoch": [0, 1, 2], "top1": [10.0, 20.0, 25.0]})
+    if trains:
+        history["train_loss"] = [2.0, 1.5, 1.2]
+    history.to_csv(tmp_path / "history.csv", index=False)
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy)
+    curve_figure(tmp_path / "history.csv", tmp_path / "curves.png", "a0/fp", "top1")
+    lines = [(x, y) for _, x, y in drawn]
+    expected = [([0, 1, 2], [2.0, 1.5, 1.2])] if trains else []
+    assert lines == [*expected, ([0, 1, 2], [10.0, 20.0, 25.0])]
+    axes = drawn[-1][0]
+    assert (axes.get_xlabel(), axes.get_ylabel()) == ("epoch", "top1")
+    assert axes.figure._suptitle.get_text() == "a0/fp"
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_task_without_a_margin_resolves_no_margin_claim(tmp_path):
+    for seed, (fp, repq) in enumerate([(50.0, 49.9), (51.0, 51.0), (52.0, 52.1)]):
+        for stage, value in (("fp", fp), ("qat-repq-8", repq)):
+            write_run(tmp_path, "d", stage, {"miou": value}, "seg", "segmentation", seed=seed)
+    (row,) = claims_table(tmp_path, collect(tmp_path)).to_dict("records")
+    assert row["claim"] == "8-bit RepQ loses at most an unset margin against FP"
+    assert row["verdict"] == NOT_RESOLVED and row["n"] == 3
+
+
+def test_no_claim_gives_an_empty_table_with_the_columns(tmp_path):
+    write_run(tmp_path, "a0", "fp", {"top1": 70.0})
+    table = claims_table(tmp_path, collect(tmp_path))
+    assert table.empty
+    assert list(table.columns) == [
+        *("claim", "model", "difference", "metric", "n", "mean", "ci_low", "ci_high", "verdict")
+    ]
+
+
+def test_the_claims_markdown(tmp_path):
+    rows = [
+        {
+            "claim": "c1",
+            "model": "M",
+            "difference": "a - b",
+            "metric": "top1",
+            "n": 3,
+            "mean": 1.234,
+            "ci_low": 0.5,
+            "ci_high": 1.968,
+            "verdict": HOLDS,
+        },
+        {
+            "claim": "c2",
+            "model": "M",
+            "difference": "a - c",
+            "metric": "top1",
+            "n": 1,
+            "mean": -0.5,
+            "ci_low": math.nan,
+            "ci_high": math.nan,
+            "verdict": NOT_RESOLVED,
+        },
+    ]
+    assert claims_markdown(pd.DataFrame(rows)) == (
+        "| claim | model | difference (metric) | n | mean | 95% CI | verdict |\n"
+        "|---|---|---|---|---|---|---|\n"
+        "| c1 | M | a - b (top1) | 3 | +1.23 | [+0.50, +1.97] | **holds** |\n"
+        "| c2 | M | a - c (top1) | 1 | -0.50 | — | **not resolved** |\n"
+    )

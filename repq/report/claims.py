@@ -114,13 +114,22 @@ def paired(a: dict[int, float], b: dict[int, float]) -> Interval:
     return Interval(tuple(a[s] - b[s] for s in sorted(set(a) & set(b))))
 
 
+def margin_of(task: str) -> tuple[float, str]:
+    """The task's margin and how a claim names it; a task without one gets NaN, so no
+    claim about a margin resolves for it."""
+    if task not in MARGINS:
+        return math.nan, "an unset margin"
+    margin, unit = MARGINS[task]
+    return margin, f"{margin:g} {unit}"
+
+
 def _row(claim: str, task: str, model: str, difference: str, metric: str, test, found) -> dict:
     """One row of the claims table: the claim with its margin, the interval, the verdict."""
-    margin, unit = MARGINS.get(task, (math.nan, ""))
+    margin, named = margin_of(task)
     interval = paired(*found)
     low, high = interval.mean - interval.half_width, interval.mean + interval.half_width
     return {
-        "claim": claim.format(m=f"{margin:g} {unit}"),
+        "claim": claim.format(m=named),
         "model": model,
         "difference": difference,
         "metric": metric,

@@ -28,8 +28,9 @@ COLOURS = ("tab:orange", "tab:green", "tab:blue", "tab:purple", "tab:red", "tab:
 
 
 def delta_bars(results: list[Result]) -> dict[str, tuple[pd.DataFrame, pd.DataFrame, str]]:
-    """Per task (vocabulary order): the mean and the standard deviation over seeds of
-    every quantized stage's Δ from its FP model (model x stage), and the metric."""
+    """Per task (vocabulary order): the mean and the standard deviation over seeds (NaN
+    for one seed) of every quantized stage's Δ from its FP model (model x stage), and
+    the metric."""
     present = list(dict.fromkeys(r.task for r in results))
     panels = {}
     for task in [t for t in TASKS if t in present] + [t for t in present if t not in TASKS]:
@@ -43,7 +44,7 @@ def delta_bars(results: list[Result]) -> dict[str, tuple[pd.DataFrame, pd.DataFr
             cells = {s.display: delta_cell(runs, s, metric) for s in stages}
             found = {k: c for k, c in cells.items() if isinstance(c, Cell)}
             means[head.label] = {k: c.mean for k, c in found.items()}
-            spreads[head.label] = {k: c.std if c.n > 1 else 0.0 for k, c in found.items()}
+            spreads[head.label] = {k: c.std for k, c in found.items()}  # NaN: one seed
         panels[task] = (pd.DataFrame(means).T, pd.DataFrame(spreads).T, metric)
     return panels
 
@@ -64,7 +65,7 @@ def _panel(ax, means: pd.DataFrame, spreads: pd.DataFrame) -> None:
             offsets,
             means[stage].to_numpy(),
             width,
-            yerr=spreads[stage].fillna(0).to_numpy(),
+            yerr=spreads[stage].to_numpy(),  # no bar where a run has one seed
             capsize=2,
             label=stage,
             **_style(stage),
