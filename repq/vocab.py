@@ -211,7 +211,7 @@ class Task:
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
-        Task("classification", "ImageNet classification", ("top1",), "top1", "best"),
+        Task("classification", "Classification", ("top1",), "top1", "best"),
         Task("superres", "Super-resolution", ("psnr", "ssim"), "psnr", "last"),
     )
 }
