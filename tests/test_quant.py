@@ -11,6 +11,7 @@ from torch import nn
 from repq.models import create
 from repq.qat import precision_table, prepare, to_deploy
 from repq.quant import LSQQuantizer, QuantConv2d, lsq
+from repq.quant.init import QuantInit
 from repq.quant.policy import LayerPrecision
 
 
@@ -259,3 +260,11 @@ def test_a_weight_is_estimated_once_during_calibration():
     rows = weight.reshape(3, -1)
     expected = torch.maximum(rows.amax(1) / 7, rows.amin(1) / -8)
     assert torch.allclose(quantizer.step, expected)
+
+
+def test_a_quantizer_without_a_rule_takes_the_default_of_its_kind():
+    """Per-channel (a weight): QuantInit's weight rule; per-tensor: the activation's."""
+    assert LSQQuantizer(4, True, channels=3).init == QuantInit().weight == "minmax"
+    assert LSQQuantizer(4, False).init == QuantInit().activation == "mse"
+    assert QuantInit("lsq", "minmax").rule(weight=True) == "lsq"
+    assert QuantInit("lsq", "minmax").rule(weight=False) == "minmax"

@@ -24,7 +24,15 @@ from repq.report.claims import (
 )
 from repq.report.claims import to_markdown as claims_markdown
 from repq.report.figures import delta_bars
-from repq.report.tables import Cell, collect, task_tables, to_csv_frame, to_latex, to_markdown
+from repq.report.tables import (
+    Cell,
+    _latex_escape,
+    collect,
+    task_tables,
+    to_csv_frame,
+    to_latex,
+    to_markdown,
+)
 
 # top-1 of RepVGG-A0 per seed: FP, FP-BNest and the quantized stages
 A0 = {
@@ -279,8 +287,10 @@ def test_the_curves_plot_the_history(tmp_path, monkeypatch, trains):
     lines = [(x, y) for _, x, y in drawn]
     expected = [([0, 1, 2], [2.0, 1.5, 1.2])] if trains else []
     assert lines == [*expected, ([0, 1, 2], [10.0, 20.0, 25.0])]
-    axes = drawn[-1][0]
-    assert (axes.get_xlabel(), axes.get_ylabel()) == ("epoch", "top1")
+    left, right = drawn[-1][0].figure.axes
+    assert (left.get_xlabel(), left.get_ylabel()) == ("epoch", "train loss")
+    assert (right.get_xlabel(), right.get_ylabel()) == ("epoch", "top1")
+    axes = right
     assert axes.figure._suptitle.get_text() == "a0/fp"
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -334,3 +344,92 @@ def test_the_claims_markdown(tmp_path):
         "| c1 | M | a - b (top1) | 3 | +1.23 | [+0.50, +1.97] | **holds** |\n"
         "| c2 | M | a - c (top1) | 1 | -0.50 | — | **not resolved** |\n"
     )
+
+
+def test_the_written_report_files(runs):
+    out = runs / "nested" / "tables"  # parents made; a second write overwrites
+    write_report(runs, out)
+    written = write_report(runs, out)
+    tasks = ("classification", "superres")
+    expected = {f"{t}.{ext}" for t in tasks for ext in ("md", "csv", "tex")}
+    expected |= {"claims.md", "claims.csv", "runs.csv", "drop.png", "drop.svg"}
+    assert {p.name for p in written} == expected
+    results = collect(runs)
+    claims = claims_table(runs, results)
+    assert (out / "claims.md").read_text() == claims_markdown(claims)
+    read = pd.read_csv(out / "claims.csv")
+    assert list(read.columns) == list(claims.columns)
+    assert list(read["verdict"]) == list(claims["verdict"])
+    tables = task_tables(results)
+    for task in tasks:
+        assert (out / f"{task}.md").read_text() == to_markdown(tables[task])
+        assert (out / f"{task}.tex").read_text() == to_latex(tables[task])
+        assert list(pd.read_csv(out / f"{task}.csv").columns) == list(
+            to_csv_frame(tables[task]).columns
+        )
+    values = pd.read_csv(out / "runs.csv")
+    assert list(values.columns) == ["experiment", "model", "seed", "stage", "metric", "value"]
+    row = values[(values["stage"] == "qat-repq-4") & (values["seed"] == 2)].iloc[0]
+    assert (row["experiment"], row["model"], row["metric"]) == ("repvgg_a0", "RepVGG-A0", "top1")
+    assert row["value"] == A0["qat-repq-4"][2]
+
+
+def test_the_latex_layout(runs):
+    table = task_tables(collect(runs))["superres"]
+    lines = to_latex(table).split("\n")
+    n = len(table.columns)
+    assert lines[:2] == ["\\begin{tabular}{l" + "r" * (n - 1) + "}", "\\toprule"]
+    assert lines[2] == " & ".join(table.columns) + " \\\\"
+    assert lines[3] == "\\midrule"
+    body = lines[4:-3]
+    assert len(body) == len(table) and all(r.endswith(" \\\\") for r in body)
+    assert all(len(r.removesuffix(" \\\\").split(" & ")) == n for r in body)
+    assert lines[-3:] == ["\\bottomrule", "\\end{tabular}", ""]
+
+
+@pytest.mark.parametrize(
+    ("text", "latex"),
+    [("a_b", "a\\_b"), ("top-1 %", "top-1 \\%"), ("A & B", "A \\& B"), ("Δ ±", "$\\Delta$ $\\pm$")],
+)
+def test_latex_escapes(text, latex):
+    assert _latex_escape(text) == latex
+
+
+def test_what_the_figure_shows_a_reader(runs, monkeypatch):
+    """Per panel: its task's title, the metric on the y axis, a zero line, the models on
+    the x axis, each model's bars side by side inside its slot, error bars over seeds,
+    one colour per method at every bit width (PTQ grey) and hatching below 8 bits."""
+    import matplotlib.axes
+
+    bars = []
+    original = matplotlib.axes.Axes.bar
+
+    def spy(self, x, height, width, *args, **kwargs):
+        bars.append((self, list(x), width, kwargs))
+        return original(self, x, height, width, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", spy)
+    write_report(runs, runs / "tables")
+    axes = list(dict.fromkeys(ax for ax, *_ in bars))
+    assert [ax.get_title() for ax in axes] == ["Classification", "Super-resolution"]
+    assert "top1" in axes[0].get_ylabel()
+    assert "psnr/a" in axes[1].get_ylabel()
+    for ax in axes:
+        assert [t.get_text() for t in ax.get_xticklabels()] in (["RepVGG-A0"], ["ECBSR x2"])
+        assert [0, 0] in [list(line.get_ydata()) for line in ax.get_lines()]
+        assert ax.get_legend() is not None
+    classification = [b for b in bars if b[0] is axes[0]]
+    lefts = [x[0] - width / 2 for _, x, width, _ in classification]
+    rights = [x[0] + width / 2 for _, x, width, _ in classification]
+    assert min(lefts) == pytest.approx(-0.4) and max(rights) == pytest.approx(0.4)
+    assert all(r <= nxt + 1e-9 for r, nxt in zip(rights, lefts[1:], strict=False))
+    style = {kw["label"]: kw for *_, kw in classification}
+    assert (
+        style["8-bit RepQ"]["color"]
+        == style["4-bit RepQ"]["color"]
+        != style["8-bit Merged"]["color"]
+    )
+    assert style["8-bit PTQ"]["color"] == style["4-bit PTQ"]["color"] == "0.6"
+    assert [style[f"{b}-bit RepQ"]["hatch"] for b in (8, 4)] == ["", "//"]
+    spread = task_tables(collect(runs))["classification"].loc[0, "4-bit RepQ Δ"].std
+    assert list(style["4-bit RepQ"]["yerr"]) == [pytest.approx(spread)] and spread > 0
