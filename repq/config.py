@@ -58,33 +58,52 @@ def yaml12_number(text: str) -> int | float | None:
     return YAML12_SPECIAL.get(text.lower())
 
 
-def _wants_number(schema: dict) -> bool:
+YAML12_BOOL = {
+    spelling: value
+    for value in (True, False)
+    for spelling in (str(value).lower(), str(value), str(value).upper())
+}
+"""The YAML 1.2 core schema's booleans: ``true``, ``True``, ``TRUE`` and the same of false."""
+
+
+def _kinds(schema: dict) -> list[str]:
     kinds = schema.get("type", [])
-    kinds = [kinds] if isinstance(kinds, str) else kinds
+    return [kinds] if isinstance(kinds, str) else kinds
+
+
+def _wants_number(schema: dict) -> bool:
     enum = schema.get("enum", [])
     numeric_enum = bool(enum) and all(isinstance(v, int | float) for v in enum)
-    return numeric_enum or "number" in kinds or "integer" in kinds
+    return numeric_enum or "number" in _kinds(schema) or "integer" in _kinds(schema)
 
 
-def coerce_numbers(instance: Any, schema: dict) -> Any:
+def yaml12_scalar(text: str, schema: dict) -> int | float | bool | None:
+    """The number or boolean ``text`` spells in YAML 1.2 where ``schema`` wants one."""
+    if _wants_number(schema):
+        return yaml12_number(text)
+    return YAML12_BOOL.get(text) if "boolean" in _kinds(schema) else None
+
+
+def coerce_scalars(instance: Any, schema: dict) -> Any:
     """``instance`` with every string that ``schema`` wants as a number (a ``number`` or
-    ``integer`` type, or a numeric enum) and that spells a YAML 1.2 number replaced by
-    that number; everything else unchanged."""
+    ``integer`` type, or a numeric enum) or a boolean, and that spells one in YAML 1.2,
+    replaced by it; everything else unchanged (Snakemake's ``--config ptq=false`` and
+    ``bits=[4]`` arrive as strings)."""
     if isinstance(instance, str):
-        number = yaml12_number(instance) if _wants_number(schema) else None
-        return instance if number is None else number
+        value = yaml12_scalar(instance, schema)
+        return instance if value is None else value
     if isinstance(instance, dict):
         properties = schema.get("properties", {})
         extra = schema.get("additionalProperties")
         return {
-            key: coerce_numbers(
+            key: coerce_scalars(
                 value, properties.get(key, extra if isinstance(extra, dict) else {})
             )
             for key, value in instance.items()
         }
     if isinstance(instance, list):
         items = schema.get("items", {})
-        return [coerce_numbers(value, items) for value in instance]
+        return [coerce_scalars(value, items) for value in instance]
     return instance
 
 
@@ -97,7 +116,7 @@ def validate(config: dict) -> dict:
     """Check a resolved job config against ``repq/recipe.schema.yaml`` (YAML 1.2 numbers
     written as strings are read as numbers first); returns the checked config."""
     schema = _schema()
-    config = coerce_numbers(config, schema)
+    config = coerce_scalars(config, schema)
     errors = sorted(
         jsonschema.Draft202012Validator(schema).iter_errors(config),
         key=lambda e: list(e.absolute_path),

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from repq import vocab
-from repq.config import coerce_numbers
+from repq.config import coerce_scalars
 from repq.tracking.mlflow_tracker import sqlite_uri
 
 
@@ -35,9 +35,9 @@ def task_of(experiment: dict) -> str:
 
 
 def coerce_config(config: dict, schema_path: str) -> dict:
-    """The workflow config with YAML 1.2 numbers where its schema wants numbers (Snakemake
+    """The workflow config with YAML 1.2 numbers and booleans where its schema wants them (Snakemake
     reads ``--config bits=[4]`` as the string ``'4'``)."""
-    return coerce_numbers(config, yaml.safe_load(Path(schema_path).read_text()))
+    return coerce_scalars(config, yaml.safe_load(Path(schema_path).read_text()))
 
 
 def tasks(config: dict) -> list[str]:

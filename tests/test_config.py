@@ -1,0 +1,50 @@
+"""YAML 1.2 scalars where a schema wants them (PyYAML reads YAML 1.1; Snakemake's
+``--config`` gives strings)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from repq.config import coerce_scalars, yaml12_number
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "lr": {"type": "number"},
+        "bits": {"type": "array", "items": {"enum": [4, 8]}},
+        "ptq": {"type": "boolean"},
+        "name": {"type": "string"},
+    },
+    "additionalProperties": {"type": "integer"},
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [("1e-3", 1e-3), ("1.0e12", 1e12), ("-.inf", -math.inf), ("+7", 7), (".5", 0.5), ("x1", None)],
+)
+def test_yaml12_numbers(text, number):
+    assert yaml12_number(text) == number
+
+
+def test_strings_become_what_the_schema_wants():
+    given = {"lr": "1e-3", "bits": ["4", "8"], "ptq": "false", "name": "1e-3", "seed": "3"}
+    assert coerce_scalars(given, SCHEMA) == {
+        "lr": 1e-3,
+        "bits": [4, 8],
+        "ptq": False,
+        "name": "1e-3",  # a string stays a string where the schema wants one
+        "seed": 3,
+    }
+
+
+@pytest.mark.parametrize(("text", "value"), [("true", True), ("True", True), ("FALSE", False)])
+def test_yaml12_booleans(text, value):
+    assert coerce_scalars({"ptq": text}, SCHEMA) == {"ptq": value}
+
+
+@pytest.mark.parametrize("text", ["yes", "off", "tRUE"])
+def test_yaml11_booleans_stay_strings_for_the_schema_to_refuse(text):
+    assert coerce_scalars({"ptq": text}, SCHEMA) == {"ptq": text}
