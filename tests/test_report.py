@@ -433,3 +433,14 @@ def test_what_the_figure_shows_a_reader(runs, monkeypatch):
     assert [style[f"{b}-bit RepQ"]["hatch"] for b in (8, 4)] == ["", "//"]
     spread = task_tables(collect(runs))["classification"].loc[0, "4-bit RepQ Δ"].std
     assert list(style["4-bit RepQ"]["yerr"]) == [pytest.approx(spread)] and spread > 0
+
+
+def test_the_markdown_layout_and_ssim_digits(runs):
+    table = task_tables(collect(runs))["superres"]
+    lines = to_markdown(table).split("\n")
+    assert lines[0] == "| " + " | ".join(table.columns) + " |"
+    assert lines[1] == "|" + "---|" * len(table.columns)
+    assert lines[-1] == "" and len(lines) == 2 + len(table) + 1
+    fp = next(line for line in lines if "| FP |" in line)
+    assert fp.startswith("| ECBSR x2 | FP | 32 | 34.00 | 0.9100 | 30.00 | 0.8500 ")
+    assert fp.endswith(" |")
