@@ -74,7 +74,9 @@ def run_mutation(copy: Path, path: str, old: str, new: str, tests: list[str]) ->
         done = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True)
     finally:
         file.write_text(source)
-    return done.returncode != 0, done.stdout.strip().splitlines()[-1]
+    lines = done.stdout.strip().splitlines()
+    failed = [line.split(" ")[1] for line in lines if line.startswith("FAILED ")]
+    return done.returncode != 0, f"{lines[-1]}; e.g. {', '.join(failed[:2]) or '-'}"
 
 
 def main() -> None:
