@@ -248,11 +248,6 @@ def task_tables(results: list[Result]) -> dict[str, pd.DataFrame]:
     return tables
 
 
-def mean(value: object) -> float:
-    """A cell's mean; NaN for a cell without a value."""
-    return value.mean if isinstance(value, Cell) else math.nan
-
-
 def _bold_cells(table: pd.DataFrame) -> set[tuple[int, str]]:
     """``(row, column)`` of the best mean quantized result per model and bit width."""
     bold: set[tuple[int, str]] = set()
