@@ -268,3 +268,9 @@ def test_a_quantizer_without_a_rule_takes_the_default_of_its_kind():
     assert LSQQuantizer(4, False).init == QuantInit().activation == "mse"
     assert QuantInit("lsq", "minmax").rule(weight=True) == "lsq"
     assert QuantInit("lsq", "minmax").rule(weight=False) == "minmax"
+
+
+def test_the_recipes_quant_section_names_the_rules():
+    config = {"quant": {"weight_init": "mse", "act_init": "lsq", "calibration_batches": 3}}
+    assert QuantInit.from_config(config) == QuantInit("mse", "lsq", 3)
+    assert QuantInit.from_config({}) == QuantInit()
