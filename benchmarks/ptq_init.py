@@ -35,11 +35,6 @@ def ptq(config: dict, fp_model: Path, bits: int, weight: str, act: str, out: Pat
     return trainer.evaluate()
 
 
-def primary_metrics(task: str, metrics: dict) -> list[str]:
-    """The task's primary metric on every test set (``top1``; ``psnr/<set>``)."""
-    return [k for k in metrics if k.split("/")[0] == TASKS[task].primary]
-
-
 def measure(results: Path) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,7 +46,7 @@ def measure(results: Path) -> list[dict]:
             rules = itertools.product(INIT_RULES, repeat=2)
             for bits, (weight, act) in itertools.product(BITS, rules):
                 metrics = ptq(config, fp_model, bits, weight, act, Path(tmp) / "out")
-                for metric in primary_metrics(config["task"], fp):
+                for metric in TASKS[config["task"]].primary_keys(fp):
                     rows.append(
                         {
                             "model": display_name(config["model"]["name"]),

@@ -74,7 +74,7 @@ def _kinds(schema: dict) -> list[str]:
 def _wants_number(schema: dict) -> bool:
     enum = schema.get("enum", [])
     numeric_enum = bool(enum) and all(isinstance(v, int | float) for v in enum)
-    return numeric_enum or "number" in _kinds(schema) or "integer" in _kinds(schema)
+    return numeric_enum or bool({"number", "integer"} & set(_kinds(schema)))
 
 
 def yaml12_scalar(text: str, schema: dict) -> int | float | bool | None:

@@ -203,9 +203,14 @@ class Task:
     primary: str
     selection: str
 
+    def primary_keys(self, keys: Iterable[str]) -> list[str]:
+        """The primary metric on every test set among result keys (``top1``;
+        ``psnr/<set>`` for each set)."""
+        return [k for k in keys if k.split("/")[0] == self.primary]
+
     def primary_key(self, keys: Iterable[str]) -> str:
-        """The primary metric among result keys (``top1``; ``psnr/<first test set>``)."""
-        return next(k for k in keys if k.split("/")[0] == self.primary)
+        """The primary metric on the first test set (``top1``; ``psnr/<first set>``)."""
+        return self.primary_keys(keys)[0]
 
 
 TASKS: dict[str, Task] = {
