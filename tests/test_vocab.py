@@ -143,7 +143,8 @@ def test_the_workflow_is_planned_without_torch(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     env.pop("MLFLOW_TRACKING_URI", None)
     snakemake = Path(sys.executable).with_name("snakemake")
-    args = [str(snakemake), "-n", "--cores", "1", "--profile", "profiles/default"]
+    # --forceall: plan every job even where a local `make demo` left its outputs
+    args = [str(snakemake), "-n", "--forceall", "--cores", "1", "--profile", "profiles/default"]
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "rule train" in done.stdout
