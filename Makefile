@@ -7,7 +7,7 @@ STAMP := $(VENV)/.deps-stamp
 CORES ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint format demo mini mutation bench bench-gpu clean-demo
+.PHONY: setup test lint format demo mini unlock mutation bench bench-gpu clean-demo
 
 setup: $(STAMP)
 
@@ -29,14 +29,21 @@ test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
+	@$(BIN)/python workflow/scripts/stale_lock.py
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --profile profiles/default
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --profile profiles/default --report results/report.html
 	@$(BIN)/repq demo-summary
 
 mini: $(STAMP)
+	@$(BIN)/python workflow/scripts/stale_lock.py
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --profile profiles/default --configfile config/mini.yaml
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --profile profiles/default --configfile config/mini.yaml --report results/reproduction/report.html
 	@$(BIN)/repq demo-summary --results results/reproduction
+
+# After a killed `make demo` or `make mini`: remove Snakemake's stale lock (the lock is
+# per folder, so one unlock serves both).
+unlock: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --profile profiles/default --unlock
 
 # Mutation testing of the core math (not part of CI: it takes hours on 2 cores); the
 # triage of its survivors is kept in tests/MUTATION.md.

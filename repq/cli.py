@@ -1,7 +1,8 @@
 """The ``repq`` command line: every job of the workflow is one of these commands.
 
 Stages, methods and bit widths come from :mod:`repq.vocab`; every clear error
-(:class:`repq.errors.RepqError`) ends a command with one line and exit status 2.
+(:class:`repq.errors.RepqError`) ends a command with one line and exit status 2 (3 when
+only its tracking is left undelivered).
 """
 
 from __future__ import annotations
@@ -139,6 +140,20 @@ def _add_tracking_init(sub) -> None:
     p.add_argument("--marker", type=Path, help="file to write when done")
 
 
+def _add_tracking_sync(sub) -> None:
+    p = sub.add_parser(
+        "tracking-sync",
+        help="deliver tracking that a job could not deliver",
+        description="Deliver the records of every tracking journal (tracking.jsonl, "
+        "evaluation.tracking.jsonl) under the given folders that have not reached their "
+        "MLflow store yet, in order; each journal goes to the store its job logged to. "
+        "Exit status 3 if some remain undelivered.",
+    )
+    p.add_argument(
+        "folders", nargs="*", type=Path, default=[Path("results")], help="default: results"
+    )
+
+
 def _add_report(sub) -> None:
     report = sub.add_parser("report", help="the paper's tables and figures")
     commands = report.add_subparsers(dest="report_command", required=True)
@@ -171,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_evaluate,
         _add_precision,
         _add_tracking_init,
+        _add_tracking_sync,
         _add_report,
         _add_demo_summary,
     ):
@@ -230,14 +246,20 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _tracking_init(args: argparse.Namespace) -> None:
-    from repq.tracking import ensure_experiment, resolve_experiment, resolve_uri
+    from repq.tracking import ensure_experiment, resolve_experiment, resolve_uri, runs_url
 
     uri, name = resolve_uri(args.tracking_uri), resolve_experiment(args.experiment)
     experiment = ensure_experiment(uri, name, args.artifacts)
     if args.marker:
         args.marker.parent.mkdir(parents=True, exist_ok=True)
         args.marker.write_text(f"{uri}\n{experiment}\n")
-    print(f"MLflow experiment {name} ({experiment}) at {uri}")
+    print(f"MLflow experiment {name} ({experiment}) at {uri}; runs: {runs_url(uri, experiment)}")
+
+
+def _tracking_sync(args: argparse.Namespace) -> None:
+    from repq.tracking import sync_journals
+
+    sync_journals(args.folders)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -245,17 +267,17 @@ def _report(args: argparse.Namespace) -> None:
     from repq.tracking import Tracker, git_commit
 
     written = write_report(args.runs, args.out)
-    tracker = Tracker({"uri": args.tracking_uri, "experiment": args.experiment})
+    tracking = {"uri": args.tracking_uri, "experiment": args.experiment}
+    tracker = Tracker(tracking, args.out / "tracking.jsonl")
     tracker.start("report", {"job": "report", "git_commit": git_commit()}, {})
     for path in written:
         tracker.log_artifact(path)
     tracker.finish()
+    tracker.close()
     print(f"tables, claims and figures written to {args.out}")
 
 
 def _demo_summary(args: argparse.Namespace) -> None:
-    from repq.tracking import sqlite_uri
-
     results = args.results.resolve()
     tables = results / "tables"
     print("\nrepq demo finished.")
@@ -263,7 +285,21 @@ def _demo_summary(args: argparse.Namespace) -> None:
         print(f"\n{path}:\n{path.read_text()}")
     print(f"tables and figures: {tables}")
     print(f"HTML report:        {results / 'report.html'}")
-    print(f"MLflow UI:          mlflow ui --backend-store-uri {sqlite_uri(results / 'mlflow.db')}")
+    print(_mlflow_ui_hint(results / "tracking.ready"))
+
+
+def _mlflow_ui_hint(marker: Path) -> str:
+    """How to see the runs: the server's runs table, or ``mlflow ui`` and its URL."""
+    from repq.tracking import runs_url
+
+    if not marker.exists():
+        return f"MLflow UI:          (no tracking store: {marker} is missing)"
+    uri, experiment = marker.read_text().split()[:2]
+    url = runs_url(uri, experiment)
+    if uri.startswith("sqlite:///"):
+        command = f"mlflow ui --backend-store-uri {uri}"
+        return f"MLflow UI:          {command}\n{'then open:':20}{url}"
+    return f"MLflow runs:        {url}"
 
 
 COMMANDS = {
@@ -272,6 +308,7 @@ COMMANDS = {
     "evaluate": _evaluate,
     "precision": _precision,
     "tracking-init": _tracking_init,
+    "tracking-sync": _tracking_sync,
     "report": _report,
     "demo-summary": _demo_summary,
 }
@@ -286,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         COMMANDS[args.command](args)
     except RepqError as err:
         print(f"repq {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_status
     return 0
 
 

@@ -1,10 +1,12 @@
 """The errors a ``repq`` command stops with: each names the problem in one line, and
 the command line turns every :class:`RepqError` into ``repq <command>: error: ...`` and
-exit status 2. Torch-free."""
+exit status 2 (3 when only tracking is left undelivered). Torch-free."""
 
 
 class RepqError(Exception):
     """Base of every clear error of this package."""
+
+    exit_status = 2
 
 
 class ConfigError(RepqError, ValueError):
@@ -25,3 +27,10 @@ class TrainingDiverged(RepqError, RuntimeError):
 
 class TrackingError(RepqError, RuntimeError):
     """The tracking store cannot be used; the message names the URI."""
+
+
+class TrackingUndelivered(TrackingError):
+    """A job's outputs are written but some tracking records did not reach the store
+    (they stay in the job's journal); exit status 3."""
+
+    exit_status = 3

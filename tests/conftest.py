@@ -36,6 +36,17 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="session")
+def _session_store(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('tracking') / 'mlflow.db'}"
+
+
+@pytest.fixture(autouse=True)
+def _no_logging_into_the_checkout(_session_store, monkeypatch) -> None:
+    """A job that names no store logs here, not into the checkout's results/mlflow.db."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", _session_store)
+
+
 RECIPES = Path(__file__).resolve().parents[1] / "config" / "recipes"
 
 

@@ -48,3 +48,17 @@ def test_yaml12_booleans(text, value):
 @pytest.mark.parametrize("text", ["yes", "off", "tRUE"])
 def test_yaml11_booleans_stay_strings_for_the_schema_to_refuse(text):
     assert coerce_scalars({"ptq": text}, SCHEMA) == {"ptq": text}
+
+
+def test_environment_yml_pins_what_pyproject_pins():
+    import tomllib
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    pinned = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
+    environment = yaml.safe_load((root / "environment.yml").read_text())
+    pip = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict))
+    assert pinned <= set(pip), pinned - set(pip)

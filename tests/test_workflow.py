@@ -6,14 +6,19 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+import slurm_cluster
 import yaml
 from mlflow.tracking import MlflowClient
+from servers import MlflowServer
 
 pytestmark = pytest.mark.slow
 
@@ -21,16 +26,21 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture
-def workdir(tmp_path) -> Path:
-    """A copy of the workflow (Snakefile, rules, schema, configs) to run in."""
+def _copy_workflow(target: Path) -> Path:
+    target.mkdir(parents=True, exist_ok=True)
     for name in ("Snakefile", "workflow", "config", "profiles", "environment.yml"):
         source = ROOT / name
         if source.is_dir():
-            shutil.copytree(source, tmp_path / name)
+            shutil.copytree(source, target / name)
         else:
-            shutil.copy(source, tmp_path / name)
-    return tmp_path
+            shutil.copy(source, target / name)
+    return target
+
+
+@pytest.fixture
+def workdir(tmp_path) -> Path:
+    """A copy of the workflow (Snakefile, rules, schema, configs) to run in."""
+    return _copy_workflow(tmp_path)
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -159,9 +169,21 @@ MICRO = {
 }
 
 
-def test_micro_pipeline_end_to_end(workdir):
-    (workdir / "micro.yaml").write_text(yaml.safe_dump(MICRO))
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    """The micro workflow run once, logging to a real ``mlflow server``."""
+    server = MlflowServer(tmp_path_factory.mktemp("server"))
+    server.start()
+    workdir = _copy_workflow(tmp_path_factory.mktemp("micro"))
+    config = {**MICRO, "tracking": {"experiment": "micro", "uri": server.uri}}
+    (workdir / "micro.yaml").write_text(yaml.safe_dump(config))
     snakemake(workdir, "--cores", "2", "--configfile", "micro.yaml")
+    yield workdir, server
+    server.kill()
+
+
+def test_micro_pipeline_end_to_end(micro_run):
+    workdir, server = micro_run
     tables = workdir / "results" / "tables"
     classification = pd.read_csv(tables / "classification.csv")
     superres = pd.read_csv(tables / "superres.csv")
@@ -181,12 +203,13 @@ def test_micro_pipeline_end_to_end(workdir):
     evaluated = next(r for r in evaluation["results"] if r["stage"] == "qat-repq-4")
     assert classification.loc[0, "4-bit RepQ"] == pytest.approx(evaluated["metrics"]["top1"])
 
-    client = MlflowClient(f"sqlite:///{workdir / 'results' / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("micro")
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    jobs = [r.data.tags["job"] for r in runs]
+    # every job's run, found through the server's REST API by the invocation's tag
+    (report,) = server.runs_tagged("job", "report")
+    pipeline = next(t["value"] for t in report["data"]["tags"] if t["key"] == "pipeline")
+    runs = server.runs_tagged("pipeline", pipeline)
+    jobs = [next(t["value"] for t in r["data"]["tags"] if t["key"] == "job") for r in runs]
     assert jobs.count("train") == 8 and jobs.count("evaluate") == 8 and jobs.count("report") == 1
-    assert len({r.data.tags["pipeline"] for r in runs}) == 1
+    assert {r["info"]["status"] for r in runs} == {"FINISHED"}
 
     # One changed hyperparameter reruns only the jobs it affects.
     change = (
@@ -207,3 +230,151 @@ def test_micro_pipeline_end_to_end(workdir):
     snakemake(workdir, "--cores", "1", "--configfile", "micro.yaml", "--report", "report.html")
     html = (workdir / "report.html").read_text(errors="ignore")
     assert "classification.csv" in html and "curve.png" in html
+
+
+TABLES = ("classification.csv", "classification.md", "superres.csv", "superres.md", "runs.csv")
+
+
+def test_a_killed_workflow_is_unlocked_and_finishes_with_the_same_tables(micro_run, tmp_path):
+    reference, _ = micro_run
+    workdir = _copy_workflow(tmp_path)
+    (workdir / "micro.yaml").write_text(yaml.safe_dump(MICRO))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
+    command = [str(BIN / "snakemake"), "--cores", "2", "--configfile", "micro.yaml"]
+    log = open(tmp_path / "killed.log", "w")  # noqa: SIM115 - closed with the run
+    run = subprocess.Popen(
+        command, cwd=workdir, env=env, stdout=log, stderr=log, start_new_session=True
+    )
+    models = workdir / "results" / "runs"
+    deadline = time.monotonic() + 600
+    while len(list(models.glob("*/seed0/*/model.pt"))) < 3:
+        if run.poll() is not None or time.monotonic() > deadline:
+            log.close()
+            raise AssertionError((tmp_path / "killed.log").read_text()[-3000:])
+        time.sleep(0.2)
+    os.killpg(run.pid, signal.SIGKILL)  # the whole DAG, its jobs included
+    run.wait()
+    log.close()
+    assert not (workdir / "results" / "tables" / "runs.csv").exists(), "killed too late"
+
+    script = [sys.executable, str(workdir / "workflow" / "scripts" / "stale_lock.py")]
+    stale = subprocess.run(script, cwd=workdir, capture_output=True, text=True)
+    assert stale.returncode == 1 and "`make unlock`" in stale.stderr
+    snakemake(workdir, "--unlock", "--configfile", "micro.yaml")
+    assert subprocess.run(script, cwd=workdir).returncode == 0
+    snakemake(workdir, "--cores", "2", "--configfile", "micro.yaml")
+    for name in TABLES:
+        rerun = (workdir / "results" / "tables" / name).read_bytes()
+        assert rerun == (reference / "results" / "tables" / name).read_bytes(), name
+
+
+# -- the SLURM path, on a real one-node cluster -----------------------------------------
+
+SLURM_MICRO = {
+    **MICRO,
+    "superres_overrides": {
+        **MICRO["superres_overrides"],
+        "train.epochs": 3,
+        "data.repeat": 24,
+    },
+    "experiments": {"ecbsr_x2": {"recipe": "config/recipes/ecbsr.yaml"}},
+    "methods": ["repq"],
+    "bits": [4],
+    "ptq": False,
+}
+
+
+def local_profile(workdir: Path) -> Path:
+    """``profiles/slurm`` with its placeholders filled for the one-node cluster: its one
+    partition, no account (there is no accounting), no GPUs."""
+    profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+    profile["default-resources"] = {
+        **{k: v for k, v in profile["default-resources"].items() if k != "slurm_account"},
+        "slurm_partition": slurm_cluster.PARTITION,
+        "mem_mb": 1000,
+        "runtime": 30,
+    }
+    profile["set-resources"] = {
+        rule: {"gpu": 0, "mem_mb": 1000, "runtime": 30} for rule in profile["set-resources"]
+    }
+    profile["set-threads"] = {rule: 1 for rule in profile["set-threads"]}
+    folder = workdir / "profiles" / "slurm-local"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(profile))
+    return folder
+
+
+def test_the_slurm_profile_gives_training_jobs_cpus_per_gpu():
+    from snakemake_executor_plugin_slurm_jobstep import get_cpu_setting
+
+    profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+    resources = {**profile["default-resources"], **profile["set-resources"]["train"]}
+    job = SimpleNamespace(
+        threads=profile["set-threads"]["train"],
+        resources=SimpleNamespace(get=resources.get, **resources),
+    )
+    assert get_cpu_setting(job, gpu=True) == f"--cpus-per-gpu={resources['cpus_per_gpu']}"
+
+
+def _slurm_jobs(env: dict[str, str]) -> list[tuple[str, str]]:
+    """``(job id, comment)`` of every queued or running SLURM job."""
+    out = subprocess.run(
+        ["squeue", "-h", "-o", "%i %.300k"], env=env, capture_output=True, text=True
+    ).stdout
+    return [tuple(line.split(" ", 1)) for line in out.splitlines() if " " in line]
+
+
+def test_the_workflow_runs_on_slurm_and_a_cancelled_job_resumes(tmp_path):
+    began = time.monotonic()
+    try:
+        env = slurm_cluster.start(tmp_path / "slurm")
+    except slurm_cluster.Unavailable as err:
+        pytest.skip(f"SLURM cannot start here: {err}")
+    setup_s = time.monotonic() - began
+    try:
+        workdir = _copy_workflow(tmp_path / "work")
+        (workdir / "micro.yaml").write_text(yaml.safe_dump(SLURM_MICRO))
+        profile = local_profile(workdir)
+        env = {**env, "PATH": f"{BIN}{os.pathsep}{env['PATH']}"}
+        for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
+            env.pop(key, None)
+        command = [
+            "timeout", "-k", "10", "900",  # a hung Snakemake ignores SIGTERM while it waits
+            str(BIN / "snakemake"), "--profile", str(profile), "--configfile", "micro.yaml",
+            "--slurm-status-command", "squeue",
+            "--slurm-init-seconds-before-status-checks", "1",
+            "--seconds-between-status-checks", "2",
+        ]  # fmt: skip
+        run = subprocess.Popen(
+            command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        checkpoint = workdir / "results/resume/ecbsr_x2/seed0/fp/last.pt"
+        deadline = time.monotonic() + 600
+        while not checkpoint.exists():
+            if run.poll() is not None or time.monotonic() > deadline:
+                run.kill()
+                raise AssertionError(f"no FP checkpoint: {run.communicate()[0][-4000:]}")
+            time.sleep(0.2)
+        jobs = _slurm_jobs(env)
+        fp_jobs = [i for i, c in jobs if "rule_train" in c and "fp" in c and "qat" not in c]
+        assert len(fp_jobs) == 1, jobs
+        subprocess.run(["scancel", fp_jobs[0]], env=env, check=True)
+        output, _ = run.communicate(timeout=900)
+        wall_s = time.monotonic() - began
+    finally:
+        slurm_cluster.stop(tmp_path / "slurm")
+    print(f"SLURM set-up {setup_s:.1f} s, test {wall_s:.0f} s")
+    assert run.returncode == 0, output[-4000:]
+    submitted = re.findall(r"submitted with SLURM jobid (\d+)", output, flags=re.IGNORECASE)
+    planned = 6  # prepare_mini, tracking_init, train fp and qat-repq-4, evaluate, tables
+    assert len(submitted) == planned + 1, output[-4000:]  # every job, and the retry
+    log = (workdir / "results/logs/train/ecbsr_x2/seed0/fp.log").read_text()
+    assert "resumed ecbsr/fp at epoch" in log, log[-2000:]
+    assert (workdir / "results/tables/superres.csv").exists()
+    client = MlflowClient(f"sqlite:///{workdir / 'results' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("micro").experiment_id])
+    jobs = sorted(r.data.tags["job"] for r in runs)
+    assert jobs == ["evaluate", "evaluate", "report", "train", "train"]
+    assert {r.info.status for r in runs} == {"FINISHED"}

@@ -30,6 +30,7 @@ def _evaluate_one(task: Task, tracker: Tracker, ctx: Context, config: dict, path
         tracker.finish("FAILED")
         raise
     tracker.log_metrics(metrics, 0)
+    tracker.flush(timeout=5)  # the store's run id
     result = {
         "name": run_name,
         "task": content["config"]["task"],
@@ -50,7 +51,8 @@ def evaluate(config: dict, model_files: list[Path], out: Path, threads: int = 1)
     torch.set_num_threads(max(1, threads))
     ctx = setup()
     task = make_task(config, train=False)
-    tracker = Tracker(config.get("tracking", {}), enabled=ctx.is_main)
+    journal = out.with_name(f"{out.stem}.tracking.jsonl")
+    tracker = Tracker(config.get("tracking", {}), journal, enabled=ctx.is_main)
     startup = time.process_time()
     results = [_evaluate_one(task, tracker, ctx, config, Path(p)) for p in model_files]
     content = {
@@ -58,4 +60,5 @@ def evaluate(config: dict, model_files: list[Path], out: Path, threads: int = 1)
         "cpu_seconds": {"startup": startup, "total": time.process_time()},
     }
     atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(content, indent=2)))
+    tracker.close()  # the results are written; undelivered tracking: exit 3
     return content

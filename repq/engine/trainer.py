@@ -9,6 +9,7 @@ output); a job started again with the same config continues from it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
@@ -39,7 +40,7 @@ from repq.engine.optim import (
     stage_train,
 )
 from repq.engine.tasks import Task, make_task
-from repq.errors import ConfigError, TrainingDiverged
+from repq.errors import ConfigError, TrackingUndelivered, TrainingDiverged
 from repq.qat import calibrate, precision_tsv
 from repq.qat.health import clipped_fractions, float_health_rows, health_csv, health_rows
 from repq.quant.init import QuantInit
@@ -108,7 +109,9 @@ class Trainer:
         torch.set_num_threads(max(1, job.threads))
         torch.manual_seed(self.train_cfg.get("seed", 0))
         self.task: Task = make_task(job.config)
-        self.tracker = Tracker(job.config.get("tracking", {}), enabled=self.ctx.is_main)
+        self.tracker = Tracker(
+            job.config.get("tracking", {}), job.out / "tracking.jsonl", enabled=self.ctx.is_main
+        )
         self.cuda = self.ctx.device.type == "cuda"
         self.amp = self.cuda and self.train_cfg.get("amp", True)
         self.channels_last = self.cuda and self.train_cfg.get("channels_last", True)
@@ -129,7 +132,7 @@ class Trainer:
         self.epoch, self.history = 0, []
         self.best: float | None = None
         self.best_epoch, self.best_metrics, self.best_state = -1, {}, None
-        self.run_id: str | None = None
+        self.run_key: str | None = None
         self.clipped_init: dict[str, float] = {}
         self.digest = config_hash({**job.config, "_stage": str(job.stage)})
 
@@ -178,7 +181,7 @@ class Trainer:
         self.epoch, self.history = state["epoch"], state["history"]
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self.best_metrics, self.best_state = state["best_metrics"], state["best_state"]
-        self.run_id = state["run_id"]
+        self.run_key = state.get("run_key")
         self.clipped_init = state["clipped_init"]
         torch.set_rng_state(state["rng"])
         log.info("resumed %s at epoch %d from %s", self.job.name, self.epoch, path)
@@ -197,7 +200,7 @@ class Trainer:
             best_epoch=self.best_epoch,
             best_metrics=self.best_metrics,
             best_state=self.best_state,
-            run_id=self.run_id,
+            run_key=self.run_key,
             config_hash=self.digest,
             clipped_init=self.clipped_init,
             rng=torch.get_rng_state(),
@@ -296,11 +299,8 @@ class Trainer:
             "init": str(self.job.init) if self.job.init else None,
             "world_size": self.ctx.world,
         }
-        if self.run_id is None:
-            self.tracker.start(self.job.name, self.job.tags(), params)
-            self.run_id = self.tracker.run_id
-        else:
-            self.tracker.resume(self.run_id)
+        if self.run_key is None or not self.tracker.resume(self.run_key):
+            self.run_key = self.tracker.start(self.job.name, self.job.tags(), params)
 
     def run(self) -> dict:
         """Train to the last epoch and write the outputs; returns the final metrics."""
@@ -328,12 +328,15 @@ class Trainer:
                 self._record({}, self.evaluate())
             result = self._finish() if self.ctx.is_main else {}
             distributed.barrier(self.ctx)
-            return result
         except BaseException:
             self.tracker.finish("FAILED")
+            with contextlib.suppress(TrackingUndelivered):
+                self.tracker.close(timeout=10)
             raise
         finally:
             distributed.teardown(self.ctx)
+        self.tracker.close()  # the outputs are written; undelivered tracking: exit 3
+        return result
 
     # -- outputs ---------------------------------------------------------------------
 
@@ -352,6 +355,7 @@ class Trainer:
         save_checkpoint(out / "model.pt", "model", model=self.model.state_dict(), **common)
         deployed = deploy_form(self.model, job.stage)
         save_checkpoint(out / "deploy.pt", "deploy", model=deployed.state_dict(), **common)
+        self.tracker.flush(timeout=5)  # the store's run id, delivered long ago unless down
         result = {
             "name": job.name,
             "task": job.config["task"],
@@ -361,7 +365,7 @@ class Trainer:
             "epoch": self.best_epoch,
             "metrics": self.best_metrics,
             "images_per_sec": self.history[-1].get("images_per_sec"),
-            "run_id": self.run_id,
+            "run_id": self.tracker.run_id,
             "cpu_seconds": {"startup": self.startup_cpu, "total": time.process_time()},
         }
         _write_text(out / "history.csv", _history_csv(self.history))

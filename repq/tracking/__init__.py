@@ -1,5 +1,6 @@
 """MLflow tracking: one run per job, created only on rank 0."""
 
+from repq.tracking.journal import Journal, sync_journals
 from repq.tracking.mlflow_tracker import (
     Tracker,
     ensure_experiment,
@@ -7,15 +8,19 @@ from repq.tracking.mlflow_tracker import (
     resolve_experiment,
     resolve_uri,
     run_tags,
+    runs_url,
     sqlite_uri,
 )
 
 __all__ = [
+    "Journal",
     "Tracker",
     "ensure_experiment",
     "git_commit",
     "resolve_experiment",
     "resolve_uri",
     "run_tags",
+    "runs_url",
     "sqlite_uri",
+    "sync_journals",
 ]

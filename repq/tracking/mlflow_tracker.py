@@ -11,15 +11,18 @@ start-up, so that an unreachable server fails the job before training.
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from repq.errors import TrackingError
+from repq.errors import TrackingError, TrackingUndelivered
+from repq.tracking.journal import Courier, Journal, Store, bind_store, new_run_key
 from repq.vocab import Stage
 
 DEFAULT_STORE = Path("results") / "mlflow.db"
@@ -42,14 +45,50 @@ def resolve_experiment(config_name: str | None) -> str:
     return config_name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
 
 
+def _probe_request(uri: str) -> urllib.request.Request:
+    """An authenticated read of the server (MLflow's own credentials variables)."""
+    query = urllib.parse.urlencode({"experiment_name": DEFAULT_EXPERIMENT})
+    request = urllib.request.Request(
+        f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?{query}"
+    )
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if user is not None:
+        secret = f"{user}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}"
+        request.add_header("Authorization", f"Basic {base64.b64encode(secret.encode()).decode()}")
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
+    return request
+
+
+def _check_server(uri: str, timeout: float) -> None:
+    """Tell an unreachable server from one that refuses this job's credentials."""
+    try:
+        with urllib.request.urlopen(_probe_request(uri), timeout=timeout):
+            return
+    except urllib.error.HTTPError as err:
+        if err.code == 401:
+            raise TrackingError(
+                f"MLflow tracking server {uri} refused the job: wrong or missing credentials "
+                "(set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)"
+            ) from err
+        if err.code == 403:
+            user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+            raise TrackingError(
+                f"MLflow tracking server {uri} refused the job: user {user!r} has no permission"
+            ) from err
+        if err.code >= 500:
+            raise TrackingError(f"MLflow tracking server {uri} answered HTTP {err.code}") from err
+        return  # 404: the server answers, the experiment does not exist yet
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingError(f"MLflow tracking server {uri} is unreachable: {reason}") from err
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast if a server URI does not answer, or a SQLite folder cannot be made."""
+    """Fail fast if a server URI does not answer or refuses the job's credentials, or a
+    SQLite folder cannot be made."""
     if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
-                return
-        except (urllib.error.URLError, OSError) as err:
-            raise TrackingError(f"MLflow tracking server {uri} is unreachable: {err}") from err
+        _check_server(uri, timeout)
     if uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).parent
         try:
@@ -58,7 +97,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             raise TrackingError(f"cannot create the folder of tracking store {uri}: {err}") from err
 
 
-def _artifact_location(uri: str, artifacts: str | None) -> str | None:
+def artifact_location(uri: str, artifacts: str | None) -> str | None:
     """``artifacts`` if given; beside the database for SQLite; else the server's choice."""
     if artifacts:
         return Path(artifacts).resolve().as_uri()
@@ -68,8 +107,17 @@ def _artifact_location(uri: str, artifacts: str | None) -> str | None:
     return None
 
 
+EXPERIMENT_DESCRIPTION = (
+    "repq: FP training, post-training quantization and QAT (Merged LSQ, RepQ, RepQ-BNest) of "
+    "re-parametrized networks, one run per job. Runs carry the tags architecture, stage, "
+    "method, bits, seed, job (train, evaluate, report) and pipeline (one workflow "
+    "invocation); the tables are in the report run's artefacts."
+)
+
+
 def ensure_experiment(uri: str, name: str, artifacts: str | None = None) -> str:
-    """Create the tracking store (if SQLite) and the experiment; returns its id."""
+    """Create the tracking store (if SQLite) and the experiment, with its description
+    (the UI's ``mlflow.note.content``); returns its id."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -79,7 +127,18 @@ def ensure_experiment(uri: str, name: str, artifacts: str | None = None) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=_artifact_location(uri, artifacts))
+    return client.create_experiment(
+        name,
+        artifact_location=artifact_location(uri, artifacts),
+        tags={"mlflow.note.content": EXPERIMENT_DESCRIPTION},
+    )
+
+
+def runs_url(uri: str, experiment_id: str, ui: str = "http://127.0.0.1:5000") -> str:
+    """The UI page of an experiment's runs table: on the server itself, or on ``mlflow
+    ui`` (``ui``) for a SQLite store."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else ui
+    return f"{base}/#/experiments/{experiment_id}/runs"
 
 
 def git_commit() -> str:
@@ -107,61 +166,118 @@ def run_tags(config: dict, stage: Stage, job: str) -> dict[str, str]:
     }
 
 
+def bound_http_retries(uri: str) -> None:
+    """Bound each attempt of the MLflow client against a server (2 retries, 15 s each,
+    unless the environment says otherwise): the journal's courier does the waiting."""
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+
+
 class Tracker:
-    """One MLflow run; every method is a no-op when ``enabled`` is false (rank > 0)."""
+    """A job's MLflow runs, journaled in ``journal`` and delivered in the background
+    (:mod:`repq.tracking.journal`); every method is a no-op when ``enabled`` is false
+    (rank > 0). ``tracking.flush_timeout`` (seconds, default 60) bounds the wait for
+    delivery at the end of a job."""
 
-    def __init__(self, tracking: dict[str, Any], enabled: bool = True) -> None:
+    def __init__(self, tracking: dict[str, Any], journal: str | Path, enabled: bool = True) -> None:
         self.enabled = enabled
-        self.uri = resolve_uri(tracking.get("uri"))
-        self.experiment = resolve_experiment(tracking.get("experiment"))
-        self.artifacts = tracking.get("artifacts")
-        self.group = tracking.get("group") or os.environ.get("REPQ_PIPELINE")
-        self.run_id: str | None = None
-        self._client = None
-        if enabled:
-            self.experiment_id = ensure_experiment(self.uri, self.experiment, self.artifacts)
-
-    def start(self, run_name: str, tags: dict[str, str], params: dict[str, Any]) -> None:
-        if not self.enabled:
+        self.key: str | None = None
+        if not enabled:
             return
-        from mlflow.tracking import MlflowClient
+        uri = resolve_uri(tracking.get("uri"))
+        experiment = resolve_experiment(tracking.get("experiment"))
+        self.store = Store(uri, experiment, tracking.get("artifacts"))
+        self.group = tracking.get("group") or os.environ.get("REPQ_PIPELINE")
+        self.flush_timeout = float(tracking.get("flush_timeout", 60))
+        bound_http_retries(uri)
+        self.experiment_id = ensure_experiment(uri, self.store.experiment, self.store.artifacts)
+        self.journal = Journal(journal)
+        bind_store(self.journal, self.store)
+        self.courier = Courier(self.journal, self.store)
 
-        self._client = MlflowClient(self.uri)
+    @property
+    def run_id(self) -> str | None:
+        """The store's id of the current run, once it has been delivered."""
+        if not self.enabled or self.key is None:
+            return None
+        return self.journal.state()["runs"].get(self.key)
+
+    def _append(self, op: str, **fields: Any) -> None:
+        self.journal.append(op, key=self.key, **fields)
+        self.courier.notify()
+
+    def _end_stale_runs(self, keep: str | None = None) -> None:
+        """End the journal's runs left open by a killed process (status ``KILLED``)."""
+        for key in self.journal.open_runs():
+            if key != keep:
+                self.journal.append("status", key=key, status="KILLED", time=_now())
+
+    def start(self, run_name: str, tags: dict[str, str], params: dict[str, Any]) -> str | None:
+        """Open a new run; returns its journal key (what a resumed job passes back)."""
+        if not self.enabled:
+            return None
+        self._end_stale_runs()
         if self.group:
             tags = {**tags, "pipeline": self.group}
-        run = self._client.create_run(self.experiment_id, run_name=run_name, tags=tags)
-        self.run_id = run.info.run_id
-        from mlflow.entities import Param
+        self.key = new_run_key()
+        self._append("run", name=run_name, tags=tags)
+        self._append("params", params={k: str(v) for k, v in params.items()})
+        return self.key
 
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            self._client.log_batch(self.run_id, params=items[i : i + 100])
-
-    def resume(self, run_id: str) -> None:
-        """Continue an existing run (a resumed job logs into the run it started)."""
+    def resume(self, key: str) -> bool:
+        """Continue a run of this journal (a resumed job logs into the run it started);
+        false if the journal does not know the run (it was bound to another store)."""
         if not self.enabled:
-            return
-        from mlflow.tracking import MlflowClient
-
-        self._client = MlflowClient(self.uri)
-        self._client.update_run(run_id, status="RUNNING")
-        self.run_id = run_id
+            return True
+        if not self.journal.knows(key):
+            return False
+        self._end_stale_runs(keep=key)
+        self.key = key
+        self._append("status", status="RUNNING", time=_now())
+        return True
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if not self.enabled or self.run_id is None:
-            return
-
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        self._client.log_batch(self.run_id, metrics=batch)
+        if self.enabled and self.key is not None:
+            values = {k: float(v) for k, v in metrics.items()}
+            self._append("metrics", metrics=values, step=step, time=_now())
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
-        if self.enabled and self.run_id is not None:
-            self._client.log_artifact(self.run_id, str(path), folder)
+        if self.enabled and self.key is not None:
+            self._append("artifact", path=str(Path(path).resolve()), folder=folder)
 
     def finish(self, status: str = "FINISHED") -> None:
-        if self.enabled and self.run_id is not None:
-            self._client.set_terminated(self.run_id, status)
-            self.run_id = None
+        """End the current run (journaled; delivered in the background)."""
+        if self.enabled and self.key is not None:
+            self._append("status", status=status, time=_now())
+            self.key = None
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait (at most ``timeout``, default the flush timeout) for delivery."""
+        if not self.enabled:
+            return True
+        return self.courier.flush(self.flush_timeout if timeout is None else timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Deliver what is left (bounded wait) and stop the courier; raises
+        :class:`TrackingUndelivered` if records remain in the journal."""
+        if not self.enabled:
+            return
+        wait = self.flush_timeout if timeout is None else timeout
+        if self.courier.close(wait):
+            return
+        raise TrackingUndelivered(
+            f"{self.journal.pending()} tracking records not delivered to {self.store.uri} "
+            f"({_reason(self.courier.error)}); they are kept in {self.journal.path}: "
+            f"`repq tracking-sync {self.journal.path.parent}` delivers them"
+        )
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+def _reason(error: BaseException | None) -> str:
+    if error is None:
+        return "no answer in time"
+    return str(error).splitlines()[0][:200] if str(error) else type(error).__name__

@@ -1,0 +1,204 @@
+"""Tracking that never stalls or kills training: the local journal, its delivery, stale
+runs, a real ``mlflow server`` killed and restarted mid-run, and basic-auth."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import RECIPES, as_args, sr_overrides, tracking_overrides
+from mlflow.tracking import MlflowClient
+from servers import MlflowServer
+
+from repq.cli import main
+from repq.errors import ConfigError, TrackingError
+from repq.tracking import Journal, Tracker, ensure_experiment, runs_url
+from repq.tracking.journal import Store, bind_store, deliver
+
+
+def _store(tmp_path: Path) -> Store:
+    return Store(f"sqlite:///{tmp_path / 'mlflow.db'}", "journal-test")
+
+
+def test_a_line_cut_short_by_a_kill_is_skipped_and_the_next_record_is_whole(tmp_path):
+    journal = Journal(tmp_path / "tracking.jsonl")
+    journal.append("run", key="a", name="job", tags={})
+    with open(journal.path, "a") as f:
+        f.write('{"op": "metrics", "key": "a", "metr')  # SIGKILL mid-write
+    journal.append("status", key="a", status="FINISHED", time=1)
+    assert [r["op"] for r in journal.records()] == ["run", "status"]
+    assert journal.open_runs() == []
+
+
+def test_delivery_resumes_where_it_stopped_and_sends_each_record_once(tmp_path):
+    store = _store(tmp_path)
+    journal = Journal(tmp_path / "job" / "tracking.jsonl")
+    bind_store(journal, store)
+    journal.append("run", key="a", name="job/fp", tags={"stage": "fp"})
+    journal.append("metrics", key="a", metrics={"loss": 2.0}, step=0, time=1000)
+    assert deliver(journal, store) == 2 and journal.pending() == 0
+    journal.append("metrics", key="a", metrics={"loss": 1.0}, step=1, time=2000)
+    journal.append("status", key="a", status="FINISHED", time=3000)
+    assert deliver(journal, store) == 2 and deliver(journal, store) == 0
+    client = MlflowClient(store.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("journal-test").experiment_id])
+    assert run.info.run_id == journal.state()["runs"]["a"]
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(0, 2.0), (1, 1.0)]
+    assert run.info.status == "FINISHED" and run.info.end_time == 3000
+
+
+def test_a_journal_with_undelivered_records_is_not_sent_to_another_store(tmp_path):
+    journal = Journal(tmp_path / "tracking.jsonl")
+    bind_store(journal, _store(tmp_path / "first"))
+    journal.append("run", key="a", name="job", tags={})
+    with pytest.raises(ConfigError, match="not yet delivered"):
+        bind_store(journal, _store(tmp_path / "second"))
+
+
+def test_a_restarted_job_ends_the_run_its_killed_process_left_open(tmp_path):
+    tracking = {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "stale"}
+    first = Tracker(tracking, tmp_path / "job" / "tracking.jsonl")
+    killed = first.start("job/fp", {"job": "train"}, {"lr": 0.1})
+    first.log_metrics({"loss": 1.0}, 0)
+    first.flush(30)  # then the process dies: no finish, no close
+    second = Tracker(tracking, tmp_path / "job" / "tracking.jsonl")
+    second.start("job/fp", {"job": "train"}, {"lr": 0.1})
+    second.finish()
+    second.close(30)
+    runs = second.journal.state()["runs"]
+    client = MlflowClient(tracking["uri"])
+    assert client.get_run(runs[killed]).info.status == "KILLED"
+    statuses = sorted(client.get_run(r).info.status for r in runs.values())
+    assert statuses == ["FINISHED", "KILLED"]
+
+
+def test_tracking_init_describes_the_experiment_and_prints_its_runs_table(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["tracking-init", "--tracking-uri", uri, "--experiment", "described"]) == 0
+    experiment = MlflowClient(uri).get_experiment_by_name("described")
+    assert "one run per job" in experiment.tags["mlflow.note.content"]
+    url = f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
+    assert url in capsys.readouterr().out
+    assert runs_url("http://host:5000/", "7") == "http://host:5000/#/experiments/7/runs"
+
+
+# -- a real server ---------------------------------------------------------------------
+
+
+def _train_command(out: Path, overrides: list[str]) -> list[str]:
+    recipe = str(RECIPES / "ecbsr.yaml")
+    command = [sys.executable, "-m", "repq", "train", recipe, "--stage", "fp", "--out", str(out)]
+    return command + as_args(overrides)
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _metric_records(journal: Journal) -> int:
+    return sum(r["op"] == "metrics" for r in journal.records())
+
+
+@pytest.mark.slow
+def test_training_goes_on_when_the_tracking_server_dies_and_sync_delivers_later(
+    mini_data, tmp_path
+):
+    server = MlflowServer(tmp_path / "server")
+    server.start()
+    epochs = 5
+    overrides = sr_overrides(mini_data, epochs=epochs) + [
+        "data.repeat=6",
+        f"tracking.uri={server.uri}",
+        "tracking.experiment=outage",
+        "tracking.flush_timeout=3",
+    ]
+    out = tmp_path / "job"
+    journal = Journal(out / "tracking.jsonl")
+    command = _train_command(out, overrides)
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: journal.path.exists() and _metric_records(journal) >= 1, 120, "epoch 0")
+        _wait_for(lambda: journal.pending() == 0, 30, "epoch 0 to reach the server")
+        server.kill()
+        killed_at = time.monotonic()
+        _, stderr = job.communicate(timeout=300)
+    finally:
+        job.kill()
+        server.kill()
+    after_kill = time.monotonic() - killed_at
+    # the job trained every epoch, wrote its outputs, and said in one line what is left
+    assert job.returncode == 3, stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("repq train")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-2000:]
+    assert "not delivered" in lines[0] and "repq tracking-sync" in lines[0]
+    assert json.loads((out / "metrics.json").read_text())["epoch"] == epochs - 1
+    assert journal.pending() > 0
+    print(f"job ended {after_kill:.1f} s after the server was killed")
+    assert after_kill < 120  # the client's retries alone took about 9 minutes before
+
+    server.start()  # the same store, back
+    assert main(["tracking-sync", str(tmp_path)]) == 0
+    assert journal.pending() == 0
+    client = MlflowClient(server.uri)
+    run = client.get_run(journal.state()["runs"][journal.records()[0]["key"]])
+    assert run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "psnr/mini_a")
+    assert sorted(m.step for m in history) == list(range(epochs))
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "history.csv", "deploy.pt"} <= artifacts
+    server.kill()
+
+
+@pytest.mark.slow
+def test_a_job_killed_before_its_first_checkpoint_leaves_no_running_run(mini_data, tmp_path):
+    overrides = sr_overrides(mini_data, epochs=2) + ["data.repeat=40"]
+    overrides += tracking_overrides(tmp_path)
+    out = tmp_path / "job"
+    journal = Journal(out / "tracking.jsonl")
+    command = _train_command(out, overrides)
+    job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: journal.state_path.exists() and journal.state()["runs"], 120, "the run")
+    os.kill(job.pid, signal.SIGKILL)
+    job.wait()
+    assert not (out / "resume" / "last.pt").exists(), "killed too late: no stale run"
+
+    assert main(["train", *command[4:]]) == 0
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    statuses = sorted(client.get_run(r).info.status for r in journal.state()["runs"].values())
+    assert statuses == ["FINISHED", "KILLED"]
+
+
+@pytest.mark.slow
+def test_the_start_up_probe_tells_refused_credentials_from_an_absent_server(tmp_path, monkeypatch):
+    server = MlflowServer(tmp_path / "server", auth=True)
+    server.start()
+    try:
+        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+        monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+        with pytest.raises(TrackingError, match="refused the job: wrong or missing credentials"):
+            ensure_experiment(server.uri, "auth")
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
+        with pytest.raises(TrackingError, match="wrong or missing credentials"):
+            ensure_experiment(server.uri, "auth")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", server.admin_password)
+        tracker = Tracker({"uri": server.uri, "experiment": "auth"}, tmp_path / "t.jsonl")
+        tracker.start("job", {"job": "train"}, {})
+        tracker.finish()
+        tracker.close(30)
+        (run,) = server.runs_tagged("job", "train", user="admin")
+        assert run["info"]["status"] == "FINISHED"
+    finally:
+        server.kill()
+    with pytest.raises(TrackingError, match="is unreachable"):
+        ensure_experiment(server.uri, "auth")
