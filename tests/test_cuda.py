@@ -40,3 +40,25 @@ def test_eval_equals_deploy_on_cuda(name):
     with torch.no_grad():
         qat.train()(x)
         assert rel_err(to_deploy(qat)(x), qat.eval()(x)) <= 1e-5
+
+
+@cuda
+def test_qat_trains_in_fp32_by_default_so_codes_times_steps_reach_the_conv_exactly():
+    """The trainer's QAT default (no bf16, no TF32) puts the 8-bit grid on CUDA exactly
+    where the CPU puts it: a QuantConv's output matches float64 within fp32 error."""
+    import torch.backends
+
+    from repq.engine.optim import stage_numerics
+    from repq.vocab import Stage
+
+    numerics = stage_numerics({"amp": True, "tf32": True}, Stage.parse("qat-repq-8"))
+    assert not numerics.amp and not numerics.tf32
+    torch.backends.cudnn.allow_tf32 = numerics.tf32
+    torch.backends.cuda.matmul.allow_tf32 = numerics.tf32
+    model = prepare(create("repvgg_a0", num_classes=10, width_mult=0.25), "repq", 8)
+    x = torch.randn(4, 3, 32, 32)
+    model.train()(x)  # initialises the steps
+    deploy = to_deploy(model).eval()
+    reference = deploy.double()(x.double())
+    out = deploy.float().cuda()(x.cuda())
+    assert rel_err(out.double().cpu(), reference) < 1e-5

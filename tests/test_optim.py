@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from repq.engine.optim import lr_factor, parameter_groups, run_lr, stage_train
+from repq.engine.optim import (
+    Numerics,
+    lr_factor,
+    parameter_groups,
+    run_lr,
+    stage_numerics,
+    stage_train,
+)
 from repq.quant import LSQQuantizer
 from repq.vocab import Stage
 
@@ -51,3 +58,13 @@ def test_the_schedule_warms_up_linearly_then_follows_a_cosine():
     assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
     assert lr_factor(100, 100, 10, "cosine") == pytest.approx(0.0)
     assert lr_factor(55, 100, 0, "constant") == 1.0
+
+
+def test_quantized_stages_compute_in_fp32_unless_train_qat_says_otherwise():
+    bf16 = {**TRAIN, "amp": True}  # a recipe's FP setting does not reach QAT
+    assert stage_numerics(bf16, Stage.parse("fp")) == Numerics(amp=True, tf32=True)
+    for stage in ("qat-repq-8", "qat-merged-4", "ptq-8", "qat-bnest-4"):
+        assert stage_numerics(bf16, Stage.parse(stage)) == Numerics(amp=False, tf32=False)
+    opted_in = {**TRAIN, "qat": {"amp": True}}
+    assert stage_numerics(opted_in, Stage.parse("qat-repq-4")) == Numerics(amp=True, tf32=False)
+    assert stage_numerics({**TRAIN, "tf32": False}, Stage.parse("fp")).tf32 is False

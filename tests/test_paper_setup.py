@@ -80,6 +80,24 @@ def test_the_paper_configuration_trains_table_s1(experiment):
     assert set(PAPER["methods"]) == set(METHODS) and PAPER["bits"] == [8, 4]
 
 
+@pytest.mark.parametrize("experiment", ["ecbsr_x2", "ecbsr_x4"])
+def test_the_paper_configuration_trains_ecbsr_as_the_official_code(experiment):
+    """Official ECBSR (configs/ecbsr_x{2,4}_m4c16_prelu.yml): 64x64 LR patches, each of
+    DIV2K's 800 images 64 times an epoch, MATLAB-bicubic LR images of the right scale."""
+    from repq.config import apply_overrides, load_config
+    from repq.pipeline import overrides
+
+    spec = PAPER["experiments"][experiment]
+    recipe = load_config(ROOT / spec["recipe"])
+    config = apply_overrides(recipe, [f"{k}={v}" for k, v in overrides(PAPER, experiment).items()])
+    data, scale = config["data"], config["data"]["scale"]
+    assert config["model"]["kwargs"]["scale"] == scale and data["patch"] == 64 * scale
+    assert data["repeat"] == 64
+    assert data["train_lr"].endswith(f"DIV2K_train_LR_bicubic/X{scale}")
+    assert set(data["test_lr"]) == set(data["test"]) == {"Set5", "Set14", "B100", "Urban100"}
+    assert all(path.endswith(f"LR_bicubic/X{scale}") for path in data["test_lr"].values())
+
+
 # S1's 4-bit exceptions: (weight bits, input bits, signed input) of the first layer, of
 # the layers between, and of the last layer. At 8 bits every layer is 8/8.
 S1_AT_4_BITS = {

@@ -154,6 +154,7 @@ MICRO = {
             "mini_b": "results/mini/sr/test/mini_b",
         },
         "data.patch": 16,
+        "data.repeat": 1,
         "model.kwargs.m": 1,
         "model.kwargs.c": 8,
         "train.epochs": 1,

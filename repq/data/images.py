@@ -52,8 +52,3 @@ def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
     the ECBSR code computes it: ``16 + (65.481 R + 128.553 G + 24.966 B) / 255``."""
     rgb = rgb.astype(np.float32)
     return 16.0 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255.0
-
-
-def load_y(path: str | Path) -> np.ndarray:
-    """The Y channel of an image file, float32 ``[H, W]`` on a 0-255 scale."""
-    return rgb_to_y(np.asarray(load_rgb(path)))

@@ -9,6 +9,7 @@ exempt and get their own LR (``train.step_lr``).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -36,6 +37,25 @@ def stage_train(train: dict, stage: Stage) -> dict:
         return train
     resolved = {**train, **train.get("qat", {})}
     return resolved if stage.trains else {**resolved, "epochs": 0}
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """How a stage computes on CUDA: bf16 autocast (``amp``) and TF32 (``tf32``)."""
+
+    amp: bool
+    tf32: bool
+
+
+def stage_numerics(train: dict, stage: Stage) -> Numerics:
+    """FP stages may use bf16 autocast and TF32 (``train.amp``, ``train.tf32``, default
+    on); quantized stages run in fp32 unless ``train.qat`` says otherwise, so that
+    ``codes x step`` reaches the conv exactly as the deployed integer model computes it
+    (bf16 keeps 8 significant bits, TF32 10: both round an 8-bit code times its step)."""
+    if stage.quantized:
+        qat = train.get("qat", {})
+        return Numerics(amp=qat.get("amp", False), tf32=qat.get("tf32", False))
+    return Numerics(amp=train.get("amp", True), tf32=train.get("tf32", True))
 
 
 def parameter_groups(model: nn.Module, train: dict, lr: float, bits: int | None) -> list[dict]:

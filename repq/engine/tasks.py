@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from repq.data.sampling import Seeded
 from repq.data.superres import SRTestSet, SRTrainSet
 from repq.engine.metrics import min_sr_side, psnr_y, ssim_y, top1_correct
-from repq.errors import DataError
+from repq.errors import ConfigError, DataError
 from repq.vocab import TASKS
 
 
@@ -113,13 +113,23 @@ class SuperResTask(Task):
         if model_scale != self.scale:
             raise DataError(f"data.scale is {self.scale} but model.kwargs.scale is {model_scale}")
         verify = self.data.get("verify_images", True)
+        test_lr = self.data.get("test_lr") or {}
+        unknown = sorted(set(test_lr) - set(self.data["test"]))
+        if unknown:
+            raise ConfigError(f"data.test_lr names test sets not in data.test: {unknown}")
         self._train = (
-            SRTrainSet(self.data.get("train", ""), self.scale, self.data["patch"], verify)
+            SRTrainSet(
+                self.data.get("train", ""),
+                self.scale,
+                self.data["patch"],
+                verify,
+                self.data.get("train_lr"),
+            )
             if train
             else None
         )
         self._tests = {
-            name: SRTestSet(path, self.scale, verify, min_sr_side(self.scale))
+            name: SRTestSet(path, self.scale, verify, min_sr_side(self.scale), test_lr.get(name))
             for name, path in self.data["test"].items()
         }
         self.primary = f"{self.facts.primary}/{next(iter(self._tests))}"

@@ -37,6 +37,7 @@ from repq.engine.optim import (
     make_scheduler,
     parameter_groups,
     run_lr,
+    stage_numerics,
     stage_train,
 )
 from repq.engine.tasks import Task, make_task
@@ -113,7 +114,11 @@ class Trainer:
             job.config.get("tracking", {}), job.out / "tracking.jsonl", enabled=self.ctx.is_main
         )
         self.cuda = self.ctx.device.type == "cuda"
-        self.amp = self.cuda and self.train_cfg.get("amp", True)
+        numerics = stage_numerics(job.config["train"], job.stage)
+        self.amp = self.cuda and numerics.amp
+        if self.cuda:
+            torch.backends.cuda.matmul.allow_tf32 = numerics.tf32
+            torch.backends.cudnn.allow_tf32 = numerics.tf32
         self.channels_last = self.cuda and self.train_cfg.get("channels_last", True)
         self.model = build_model(job.config, job.stage, job.init)
         self.model.to(self.ctx.device)

@@ -1,10 +1,13 @@
 """Learned Step Size Quantization (LSQ, Esser et al., ICLR 2020).
 
 ``x_q = clamp(round(x / s), -Qn, Qp) * s`` with a straight-through rounding and
-the step's gradient scaled by ``g = 1 / sqrt(N * Qp)`` (``N``: elements one step
-covers). Rounding before clamping gives the same values as clamping first and the
-same gradients as torch's learnable fake-quant ops (and MQBench): an input within
-half a step of the range still passes its gradient.
+the step's gradient scaled by ``g = 1 / sqrt(N * Qp)``; ``N`` is, as in the LSQ paper,
+the number of weights one step covers for a weight quantizer and the number of features
+of one example for an activation quantizer, so an activation step learns at the same
+rate whatever the per-GPU batch (one GPU or eight, the same global batch). Rounding
+before clamping gives the same values as clamping first and the same gradients as
+torch's learnable fake-quant ops (and MQBench): an input within half a step of the range
+still passes its gradient.
 """
 
 from __future__ import annotations
@@ -147,16 +150,23 @@ class LSQQuantizer(nn.Module):
     calibration batches (:meth:`start_calibration`, the model's forward passes, then
     :meth:`finish_calibration`), or else from the first tensor it quantizes.
     ``enabled = False`` makes it the identity; :meth:`freeze` stops the step from
-    learning. No call synchronises with the host.
+    learning. ``batched`` (default: a per-tensor quantizer, i.e. an activation one) says
+    that dimension 0 of what it quantizes is the batch. No call synchronises with the host.
     """
 
     def __init__(
-        self, bits: int, signed: bool, channels: int | None = None, init: str | None = None
+        self,
+        bits: int,
+        signed: bool,
+        channels: int | None = None,
+        init: str | None = None,
+        batched: bool | None = None,
     ) -> None:
         super().__init__()
         self.bits, self.signed = bits, signed
         self.qmin, self.qmax = quant_range(bits, signed)
         self.per_channel = channels is not None
+        self.batched = not self.per_channel if batched is None else batched
         self.init = init or QuantInit().rule(weight=self.per_channel)
         self.step = nn.Parameter(torch.ones(channels if self.per_channel else 1))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
@@ -181,7 +191,10 @@ class LSQQuantizer(nn.Module):
         return self.scale
 
     def _elements_per_step(self, x: Tensor) -> int:
-        return max(1, x.numel() // self.step.numel())
+        """``N`` of the step's gradient scale: elements of one example (batched) or of
+        the whole tensor, per step."""
+        elements = math.prod(x.shape[1:]) if self.batched and x.dim() > 1 else x.numel()
+        return max(1, elements // self.step.numel())
 
     def _estimate(self, x: Tensor) -> Tensor:
         return initial_step(x, self.init, self.qmin, self.qmax, self.per_channel)
