@@ -105,17 +105,10 @@ def _write_conf(root: Path, cpus: int) -> None:
     CONF.write_text(slurm_conf(root, cpus))
 
 
-def env(root: Path) -> dict[str, str]:
-    """The environment for SLURM's commands (the config is at its default path)."""
-    return dict(os.environ)
-
-
 def _wait_idle(root: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        result = subprocess.run(
-            ["sinfo", "-h", "-o", "%t"], env=env(root), capture_output=True, text=True
-        )
+        result = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
         if result.stdout.strip() == "idle":
             return
         time.sleep(0.3)
@@ -125,9 +118,9 @@ def _wait_idle(root: Path, timeout: float) -> None:
     raise Unavailable(f"the node did not become idle in {timeout} s: {logs}")
 
 
-def start(root: Path, cpus: int | None = None, timeout: float = 30) -> dict[str, str]:
-    """Start munge, slurmctld and slurmd for a one-node cluster under ``root``; returns
-    the environment for ``sbatch``, ``squeue``, ``scancel`` and Snakemake."""
+def start(root: Path, cpus: int | None = None, timeout: float = 30) -> None:
+    """Start munge, slurmctld and slurmd for a one-node cluster under ``root`` (SLURM's
+    commands find it through its default config path)."""
     _require_installed()
     root = root.resolve()
     for folder in ("state", "spool"):
@@ -140,7 +133,6 @@ def start(root: Path, cpus: int | None = None, timeout: float = 30) -> dict[str,
             stop(root)
             raise Unavailable(f"{daemon} did not start: {result.stderr.strip()[-500:]}")
     _wait_idle(root, timeout)
-    return env(root)
 
 
 def stop(root: Path) -> None:

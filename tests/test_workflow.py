@@ -43,14 +43,18 @@ def workdir(tmp_path) -> Path:
     return _copy_workflow(tmp_path)
 
 
+def workflow_env() -> dict[str, str]:
+    """The environment a workflow run gets: this venv first on PATH, and no MLflow
+    variables (where it logs comes from its config, else its results folder)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    return {**env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("MLFLOW_EXPERIMENT_NAME", None)
     result = subprocess.run(
         [str(BIN / "snakemake"), *args],
         cwd=workdir,
-        env=env,
+        env=workflow_env(),
         capture_output=True,
         text=True,
         timeout=900,
@@ -240,8 +244,7 @@ def test_a_killed_workflow_is_unlocked_and_finishes_with_the_same_tables(micro_r
     reference, _ = micro_run
     workdir = _copy_workflow(tmp_path)
     (workdir / "micro.yaml").write_text(yaml.safe_dump(MICRO))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
+    env = workflow_env()
     command = [str(BIN / "snakemake"), "--cores", "2", "--configfile", "micro.yaml"]
     log = open(tmp_path / "killed.log", "w")  # noqa: SIM115 - closed with the run
     run = subprocess.Popen(
@@ -318,18 +321,16 @@ def test_the_slurm_profile_gives_training_jobs_cpus_per_gpu():
     assert get_cpu_setting(job, gpu=True) == f"--cpus-per-gpu={resources['cpus_per_gpu']}"
 
 
-def _slurm_jobs(env: dict[str, str]) -> list[tuple[str, str]]:
+def _slurm_jobs() -> list[tuple[str, str]]:
     """``(job id, comment)`` of every queued or running SLURM job."""
-    out = subprocess.run(
-        ["squeue", "-h", "-o", "%i %.300k"], env=env, capture_output=True, text=True
-    ).stdout
+    out = subprocess.run(["squeue", "-h", "-o", "%i %.300k"], capture_output=True, text=True).stdout
     return [tuple(line.split(" ", 1)) for line in out.splitlines() if " " in line]
 
 
 def test_the_workflow_runs_on_slurm_and_a_cancelled_job_resumes(tmp_path):
     began = time.monotonic()
     try:
-        env = slurm_cluster.start(tmp_path / "slurm")
+        slurm_cluster.start(tmp_path / "slurm")
     except slurm_cluster.Unavailable as err:
         pytest.skip(f"SLURM cannot start here: {err}")
     setup_s = time.monotonic() - began
@@ -337,9 +338,7 @@ def test_the_workflow_runs_on_slurm_and_a_cancelled_job_resumes(tmp_path):
         workdir = _copy_workflow(tmp_path / "work")
         (workdir / "micro.yaml").write_text(yaml.safe_dump(SLURM_MICRO))
         profile = local_profile(workdir)
-        env = {**env, "PATH": f"{BIN}{os.pathsep}{env['PATH']}"}
-        for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
-            env.pop(key, None)
+        env = workflow_env()
         command = [
             "timeout", "-k", "10", "900",  # a hung Snakemake ignores SIGTERM while it waits
             str(BIN / "snakemake"), "--profile", str(profile), "--configfile", "micro.yaml",
@@ -358,10 +357,10 @@ def test_the_workflow_runs_on_slurm_and_a_cancelled_job_resumes(tmp_path):
                 run.kill()
                 raise AssertionError(f"no FP checkpoint: {run.communicate()[0][-4000:]}")
             time.sleep(0.2)
-        jobs = _slurm_jobs(env)
+        jobs = _slurm_jobs()
         fp_jobs = [i for i, c in jobs if "rule_train" in c and "fp" in c and "qat" not in c]
         assert len(fp_jobs) == 1, jobs
-        subprocess.run(["scancel", fp_jobs[0]], env=env, check=True)
+        subprocess.run(["scancel", fp_jobs[0]], check=True)
         output, _ = run.communicate(timeout=900)
         wall_s = time.monotonic() - began
     finally:

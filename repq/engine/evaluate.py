@@ -11,9 +11,9 @@ import torch
 
 from repq.config import flatten
 from repq.engine.build import deploy_form, model_from_file
-from repq.engine.checkpoint import atomic_write
 from repq.engine.distributed import Context, setup
 from repq.engine.tasks import Task, make_task
+from repq.files import atomic_write
 from repq.tracking import Tracker, run_tags
 
 

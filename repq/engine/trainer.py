@@ -31,7 +31,7 @@ from repq.config import config_hash, flatten
 from repq.data.sampling import EpochSampler
 from repq.engine import distributed
 from repq.engine.build import build_model, deploy_form
-from repq.engine.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from repq.engine.checkpoint import load_checkpoint, save_checkpoint
 from repq.engine.optim import (
     make_optimizer,
     make_scheduler,
@@ -42,6 +42,7 @@ from repq.engine.optim import (
 )
 from repq.engine.tasks import Task, make_task
 from repq.errors import ConfigError, TrackingUndelivered, TrainingDiverged
+from repq.files import atomic_write
 from repq.qat import calibrate, precision_tsv
 from repq.qat.health import clipped_fractions, float_health_rows, health_csv, health_rows
 from repq.quant.init import QuantInit

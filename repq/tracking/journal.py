@@ -29,16 +29,17 @@ from pathlib import Path
 from typing import Any
 
 from repq.errors import ConfigError, TrackingUndelivered
+from repq.files import atomic_write
 
 log = logging.getLogger("repq")
 
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
-def _atomic_json(path: Path, content: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(content))
-    os.replace(tmp, path)
+def first_line(error: BaseException) -> str:
+    """An error in one short line (its first line, or its type when it has no text)."""
+    text = str(error)
+    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 class Journal:
@@ -79,7 +80,7 @@ class Journal:
         return json.loads(self.state_path.read_text())
 
     def save_state(self, state: dict) -> None:
-        _atomic_json(self.state_path, state)
+        atomic_write(self.state_path, lambda tmp: Path(tmp).write_text(json.dumps(state)))
 
     def open_runs(self) -> list[str]:
         """Keys of the journal's runs that have no terminal status yet."""
@@ -298,8 +299,7 @@ def sync_journals(folders: list[Path]) -> None:
             print(f"{journal.path}: {count} records delivered to {store.uri}")
         except Exception as err:  # reported, then the next journal
             failed.append(journal)
-            reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-            print(f"{journal.path}: {journal.pending()} records not delivered: {reason}")
+            print(f"{journal.path}: {journal.pending()} records not delivered: {first_line(err)}")
     if failed:
         pending = sum(j.pending() for j in failed)
         raise TrackingUndelivered(

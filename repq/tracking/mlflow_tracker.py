@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from repq.errors import TrackingError, TrackingUndelivered
-from repq.tracking.journal import Courier, Journal, Store, bind_store, new_run_key
+from repq.tracking.journal import (
+    Courier,
+    Journal,
+    Store,
+    bind_store,
+    first_line,
+    new_run_key,
+)
 from repq.vocab import Stage
 
 DEFAULT_STORE = Path("results") / "mlflow.db"
@@ -191,7 +198,7 @@ class Tracker:
         self.group = tracking.get("group") or os.environ.get("REPQ_PIPELINE")
         self.flush_timeout = float(tracking.get("flush_timeout", 60))
         bound_http_retries(uri)
-        self.experiment_id = ensure_experiment(uri, self.store.experiment, self.store.artifacts)
+        ensure_experiment(uri, self.store.experiment, self.store.artifacts)
         self.journal = Journal(journal)
         bind_store(self.journal, self.store)
         self.courier = Courier(self.journal, self.store)
@@ -278,6 +285,4 @@ def _now() -> int:
 
 
 def _reason(error: BaseException | None) -> str:
-    if error is None:
-        return "no answer in time"
-    return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    return "no answer in time" if error is None else first_line(error)
