@@ -1,5 +1,6 @@
 # The repq workflow: mini data (or data checks), tracking store, FP training, QAT for
-# every architecture, method and bit width, evaluation, tables, figures and report.
+# every architecture, method and bit width, evaluation, ONNX export and its verification
+# in onnxruntime, tables, figures and report.
 #   snakemake --cores 2 --profile profiles/default                      (the embedded demo)
 #   snakemake --configfile config/paper.yaml --profile profiles/slurm   (the paper)
 
@@ -8,6 +9,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/export.smk"
 include: "workflow/rules/report.smk"
 
 

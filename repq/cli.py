@@ -108,6 +108,29 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="results JSON to write")
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export trained PTQ/QAT models to ONNX QDQ and verify them in onnxruntime",
+        description="Export each model.pt (a PTQ or QAT job's) to an ONNX file in QDQ form "
+        "(opset 21: integer weight codes, INT4 or INT8, with per-output-channel steps; "
+        "per-tensor activation steps), written as model.onnx beside it with export.json; "
+        "verify it in onnxruntime against the PyTorch deploy model on the run's own "
+        "evaluation data.",
+        epilog="--set overrides a key of the config stored in the model file, e.g. "
+        "--set data.root=/data/imagenet where the data has moved.",
+    )
+    p.add_argument("model_files", nargs="+", type=Path, help="PTQ or QAT jobs' model.pt files")
+    p.add_argument("--out", type=Path, help="the ONNX file to write (one model only)")
+    p.add_argument("--summary", type=Path, help="also write every report into this JSON")
+    p.add_argument(
+        "--no-verify", dest="verify", action="store_false", help="export only (no data needed)"
+    )
+    _override_arg(p, "override a key of the stored config (repeatable; YAML values)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (torch, onnxruntime)")
+    _tracking_args(p)
+
+
 def _add_precision(sub) -> None:
     p = sub.add_parser(
         "precision",
@@ -184,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_prepare_data,
         _add_train,
         _add_evaluate,
+        _add_export,
         _add_precision,
         _add_tracking_init,
         _add_tracking_sync,
@@ -243,6 +267,27 @@ def _evaluate(args: argparse.Namespace) -> None:
     for result in evaluate(config, args.model_files, args.out, args.threads)["results"]:
         print(f"[{result['name']}] {result['metrics']}")
     print(f"-> {args.out}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from repq.export import export_files
+
+    tracking = {"uri": args.tracking_uri, "experiment": args.experiment}
+    for result in export_files(
+        args.model_files,
+        args.overrides,
+        args.verify,
+        args.threads,
+        args.out,
+        args.summary,
+        tracking,
+    ):
+        figures = {k: result[k] for k in ("bytes", "fp32_bytes", "weight_codes_equal")}
+        checked = {k: result[k] for k in ("top1_agreement", "max_abs_diff") if k in result}
+        print(
+            f"[{result['model']}/{result['stage']}] {result.get('metrics', {})} {figures} "
+            f"{checked} -> {result['onnx_file']}"
+        )
 
 
 def _tracking_init(args: argparse.Namespace) -> None:
@@ -306,6 +351,7 @@ COMMANDS = {
     "prepare-data": _prepare_data,
     "train": _train,
     "evaluate": _evaluate,
+    "export": _export,
     "precision": _precision,
     "tracking-init": _tracking_init,
     "tracking-sync": _tracking_sync,

@@ -34,3 +34,9 @@ class TrackingUndelivered(TrackingError):
     (they stay in the job's journal); exit status 3."""
 
     exit_status = 3
+
+
+def first_line(error: BaseException) -> str:
+    """An error in one short line (its first line, or its type when it has no text)."""
+    text = str(error)
+    return text.splitlines()[0][:200] if text else type(error).__name__

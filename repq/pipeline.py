@@ -52,6 +52,11 @@ def stages(config: dict, name: str) -> list[str]:
     return [str(s) for s in chosen]
 
 
+def quantized_stages(config: dict, name: str) -> list[str]:
+    """The PTQ and QAT stages of an experiment (what ``repq export`` exports)."""
+    return [s for s in stages(config, name) if vocab.Stage.parse(s).quantized]
+
+
 def all_runs(config: dict) -> list[tuple[str, int, str]]:
     """``(experiment, seed, stage)`` of every training (or calibration) job."""
     return [

@@ -35,3 +35,13 @@ def write_run(
     content["results"].append(entry)
     evaluation.write_text(json.dumps(content))
     return folder
+
+
+def write_export(runs: Path, experiment: str, seed: int, report: dict) -> None:
+    """Add one exported model to ``runs/<experiment>/seed<k>/export.json`` as
+    ``repq export --summary`` writes it."""
+    summary = runs / experiment / f"seed{seed}" / "export.json"
+    summary.parent.mkdir(parents=True, exist_ok=True)
+    content = json.loads(summary.read_text()) if summary.exists() else {"results": []}
+    content["results"].append(report)
+    summary.write_text(json.dumps(content))

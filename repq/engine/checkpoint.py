@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from repq.errors import CheckpointError
+from repq.errors import CheckpointError, first_line
 from repq.files import atomic_write
 
 FORMAT = "repq-checkpoint-1"
@@ -26,7 +26,8 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable: {err}") from err
+        reason = f"{type(err).__name__}: {first_line(err)}"
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({reason})") from err
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a repq checkpoint (format {FORMAT})")
     if kind is not None and content.get("kind") != kind:

@@ -26,6 +26,9 @@ class Task(ABC):
     """Data, loss and evaluation of one kind of experiment. With ``train=False`` (an
     evaluation job) the training set is neither built nor checked."""
 
+    any_input_size = False
+    """Whether the task's models take inputs of any height and width (whole images)."""
+
     def __init__(self, config: dict, train: bool = True) -> None:
         self.config = config
         self.data = config["data"]
@@ -40,6 +43,11 @@ class Task(ABC):
     @property
     def samples_per_epoch(self) -> int | None:
         return None
+
+    @staticmethod
+    @abstractmethod
+    def example_input(config: dict) -> torch.Tensor:
+        """A batch of two inputs of the shape the config's model takes (values random)."""
 
     @abstractmethod
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
@@ -83,6 +91,11 @@ class ClassificationTask(Task):
     def train_set(self) -> Dataset:
         return Seeded(self._train)
 
+    @staticmethod
+    def example_input(config: dict) -> torch.Tensor:
+        size = config["data"].get("image_size", 224)
+        return torch.randn(2, 3, size, size)
+
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         smoothing = self.config["train"].get("label_smoothing", 0.0)
         return F.cross_entropy(output, target, label_smoothing=smoothing)
@@ -104,6 +117,8 @@ class ClassificationTask(Task):
 
 
 class SuperResTask(Task):
+    any_input_size = True
+
     def __init__(self, config: dict, train: bool = True) -> None:
         super().__init__(config, train)
         if not self.data.get("test"):
@@ -136,6 +151,11 @@ class SuperResTask(Task):
 
     def train_set(self) -> Dataset:
         return self._train
+
+    @staticmethod
+    def example_input(config: dict) -> torch.Tensor:
+        colors = config["model"].get("kwargs", {}).get("colors", 1)
+        return torch.rand(2, colors, 32, 32) * 255
 
     @property
     def samples_per_epoch(self) -> int:

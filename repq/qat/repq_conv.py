@@ -1,6 +1,7 @@
 """RepQ: fake-quantize the merged kernel ``M(W_1..W_n)`` of a re-parametrized block.
 
-``y = conv(Q_a(x), Q_w(M(W_1..W_n))) + b(W_1..W_n)``. In training, each BN branch is
+``y = conv(Q_a(x), Q_w(M(W_1..W_n))) + b(W_1..W_n)`` (in eval mode the bias on the int32
+accumulator's grid, as deployed: :mod:`repq.quant.layers`). In training, each BN branch is
 folded with statistics of the current batch: measured by running the branch's float
 conv once (RepQ-BN, Algorithm 1; block ``norm_mode == "batch"``) or estimated from
 the input's moments and the kernel (RepQ-BNest, S3/S8; ``norm_mode == "estimate"``).
@@ -36,7 +37,8 @@ class RepQConv(QuantLayer):
     def forward(self, x: Tensor) -> Tensor:
         x = self.input_quant(x)
         kernel, bias = self.block.kernel_bias(self._stats(x))
-        return self.block.apply_kernel(x, self.weight_quant(kernel), bias)
+        kernel = self.weight_quant(kernel)
+        return self.block.apply_kernel(x, kernel, self.forward_bias(bias))
 
     def float_weight(self) -> tuple[Tensor, Tensor]:
         return self.block.kernel_bias()

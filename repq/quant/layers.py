@@ -1,5 +1,13 @@
 """Quantized conv and linear layers: LSQ on the input (per tensor) and on the weight
-(per output channel)."""
+(per output channel), and, in eval mode and deployed, the bias on the grid of the
+integer accumulator.
+
+An integer engine computes ``sum(codes_x * codes_w)`` in int32 and adds the bias there,
+so the deployed bias is an int32 code with step ``s_x * s_w[c]`` (onnxruntime rounds a
+float bias so before it fuses ``QLinearConv``). At 4 bits that rounding changes the
+predictions of a trained network, so evaluation and deployment use it; training keeps
+the float bias (measured on the mini RepVGG-A0 at 4 bits: training with the int32 bias
+cost RepQ 1.1 points and Merged nothing, ``benchmarks/results/int-bias-*.md``)."""
 
 from __future__ import annotations
 
@@ -12,6 +20,8 @@ from torch import Tensor, nn
 from repq.quant.init import QuantInit
 from repq.quant.lsq import LSQQuantizer
 from repq.quant.policy import LayerPrecision
+
+INT32_RANGE = (-(2**31), 2**31 - 1)
 
 
 class QuantLayer(nn.Module, ABC):
@@ -27,6 +37,23 @@ class QuantLayer(nn.Module, ABC):
             precision.input_bits, precision.input_signed, init=init.activation
         )
         self.weight_quant = LSQQuantizer(precision.weight_bits, True, out_channels, init.weight)
+
+    def bias_step(self) -> Tensor:
+        """The accumulator's step per output channel: ``s_x * s_w``."""
+        return (self.input_quant.scale * self.weight_quant.scale).detach()
+
+    def deploy_bias(self, bias: Tensor | None) -> Tensor | None:
+        """``bias`` on the accumulator's int32 grid (straight-through) while both
+        quantizers quantize; unchanged otherwise (float, calibrating, or a deploy layer,
+        whose bias is on the grid already)."""
+        if bias is None or not (self.input_quant.active and self.weight_quant.active):
+            return bias
+        codes = torch.round(bias / self.bias_step()).clamp_(*INT32_RANGE)
+        return bias + (codes * self.bias_step() - bias).detach()
+
+    def forward_bias(self, bias: Tensor | None) -> Tensor | None:
+        """The bias of a forward pass: float in training, as deployed in eval mode."""
+        return bias if self.training else self.deploy_bias(bias)
 
     @abstractmethod
     def float_weight(self) -> tuple[Tensor, Tensor | None]:
@@ -45,7 +72,7 @@ class QuantLayer(nn.Module, ABC):
         shell = self.deploy_shell().to(device=weight.device, dtype=weight.dtype)
         shell.weight.copy_(self.weight_quant(weight))
         if bias is not None:
-            shell.bias.copy_(bias)
+            shell.bias.copy_(self.deploy_bias(bias))
         layer = wrap_quantized(
             shell, self.precision, QuantInit(self.weight_quant.init, self.input_quant.init)
         )
@@ -72,7 +99,8 @@ class QuantConv2d(QuantLayer):
     def forward(self, x: Tensor) -> Tensor:
         weight = self.weight_quant(self.weight)
         x = self.input_quant(x)
-        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        bias = self.forward_bias(self.bias)
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def float_weight(self) -> tuple[Tensor, Tensor | None]:
         return self.weight, self.bias
@@ -104,7 +132,8 @@ class QuantLinear(QuantLayer):
         self.weight, self.bias = linear.weight, linear.bias
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.input_quant(x), self.weight_quant(self.weight), self.bias)
+        weight, x = self.weight_quant(self.weight), self.input_quant(x)
+        return F.linear(x, weight, self.forward_bias(self.bias))
 
     def float_weight(self) -> tuple[Tensor, Tensor | None]:
         return self.weight, self.bias

@@ -226,6 +226,11 @@ class LSQQuantizer(nn.Module):
             self._estimates.append(self._estimate(x))
         return x
 
+    @property
+    def active(self) -> bool:
+        """Whether the quantizer quantizes now (enabled, initialised, not calibrating)."""
+        return self.enabled and self._ready and self._estimates is None
+
     def freeze(self) -> LSQQuantizer:
         """Stop learning the step (it stays as it is)."""
         self.step.requires_grad_(False)

@@ -6,9 +6,11 @@ from pathlib import Path
 
 
 def write_report(runs: Path, out: Path) -> list[Path]:
-    """Every table (one per task, and every measured value), the claims table and the
-    Δ figure from the evaluations under ``runs``, written into ``out``."""
+    """Every table (one per task, and every measured value), the claims table, the
+    Δ figure from the evaluations under ``runs``, and the deployed models' table from
+    its exports (if any), written into ``out``."""
     from repq.report.claims import claims_table, to_markdown
+    from repq.report.deployment import write_deployment
     from repq.report.figures import drop_figure
     from repq.report.tables import collect, write_tables
 
@@ -18,4 +20,5 @@ def write_report(runs: Path, out: Path) -> list[Path]:
     claims.to_csv(out / "claims.csv", index=False)
     (out / "claims.md").write_text(to_markdown(claims))
     drop_figure(results, out / "drop")
+    write_deployment(runs, out)
     return sorted(out.glob("*.*"))

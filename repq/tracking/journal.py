@@ -28,18 +28,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from repq.errors import ConfigError, TrackingUndelivered
+from repq.errors import ConfigError, TrackingUndelivered, first_line
 from repq.files import atomic_write
 
 log = logging.getLogger("repq")
 
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
-
-
-def first_line(error: BaseException) -> str:
-    """An error in one short line (its first line, or its type when it has no text)."""
-    text = str(error)
-    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 class Journal:

@@ -21,13 +21,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from repq.errors import TrackingError, TrackingUndelivered
+from repq.errors import TrackingError, TrackingUndelivered, first_line
 from repq.tracking.journal import (
     Courier,
     Journal,
     Store,
     bind_store,
-    first_line,
     new_run_key,
 )
 from repq.vocab import Stage

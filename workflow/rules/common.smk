@@ -24,6 +24,7 @@ MINI = config.get("mini")
 MINI_OUT = (MINI or {}).get("out", f"{RESULTS}/mini")
 EXPERIMENTS, SEEDS, STAGES = zip(*pipeline.all_runs(config))
 TASKS = pipeline.tasks(config)
+EXPORT = config["export"]
 SEEDED = f"{RESULTS}/runs/{{experiment}}/seed{{seed}}"
 RUN = f"{SEEDED}/{{stage}}"
 TABLES = f"{RESULTS}/tables"

@@ -5,6 +5,11 @@ rule tables:
             experiment=config["experiments"],
             seed=config["seeds"],
         ),
+        exports=expand(
+            f"{RESULTS}/runs/{{experiment}}/seed{{seed}}/export.json",
+            experiment=config["experiments"] if EXPORT else [],
+            seed=config["seeds"],
+        ),
     output:
         csv=[
             report(f"{TABLES}/{task}.csv", category="Tables", labels={"table": task})
@@ -17,6 +22,12 @@ rule tables:
         claims_md=f"{TABLES}/claims.md",
         figure=report(f"{TABLES}/drop.png", category="Figures", labels={"figure": "drop"}),
         figure_svg=f"{TABLES}/drop.svg",
+        deployment=[
+            report(f"{TABLES}/deployment.csv", category="Tables", labels={"table": "deployment"}),
+            f"{TABLES}/deployment.md",
+        ]
+        if EXPORT
+        else [],
     params:
         runs=lambda w, input: Path(input[0]).parents[2],
         out=lambda w, output: Path(output.runs).parent,

@@ -1,0 +1,143 @@
+"""Writing and reading the ONNX files: ``torch.onnx.export`` (the dynamo exporter, opset
+21) of a model in integer or float form, and the integer weight codes read back."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from repq.errors import CheckpointError
+from repq.export.ops import translation_table
+from repq.files import atomic_write
+
+OPSET = 21
+"""The first opset with INT4/UINT4 ``QuantizeLinear``/``DequantizeLinear``."""
+CODES, WEIGHT_SCALE = "codes", "weight_scale"
+"""Buffer names of :class:`repq.export.qdq.QDQLayer`, which become initializer names."""
+
+
+def dynamic_shapes(example: Tensor, spatial: bool) -> tuple[dict[int, object]]:
+    """A dynamic batch (and height and width when ``spatial``) for the model's input."""
+    dims: dict[int, object] = {0: torch.export.Dim("batch")}
+    if spatial:
+        dims |= {2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
+    return (dims,)
+
+
+def export_onnx(model: nn.Module, example: Tensor, path: str | Path, spatial: bool) -> None:
+    """Export ``model`` (eval mode) traced on ``example`` to one self-contained ONNX file,
+    written atomically, each weight's integer codes stored as ``<layer>.codes`` in their
+    quantized type (:func:`_store_codes`)."""
+    import onnx
+
+    with torch.no_grad(), _quiet():
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_shapes=dynamic_shapes(example, spatial),
+            custom_translation_table=translation_table(),
+            optimize=False,  # its passes merge equal initializers (two layers' zero codes)
+            verbose=False,
+        )
+    proto = program.model_proto
+    _store_codes(proto.graph)
+    _drop_metadata(proto)
+    onnx.checker.check_model(proto)
+    atomic_write(path, lambda tmp: onnx.save_model(proto, tmp))
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter's progress lines (stdout) and its passes' INFO logs, silenced."""
+    logging.disable(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _store_codes(graph) -> None:
+    """Give every weight ``DequantizeLinear`` (found by its ``<layer>.weight_scale``
+    input) one initializer ``<layer>.codes`` of the quantized type itself: an INT8 code
+    tensor that the exporter left behind a ``Cast`` to INT4 becomes packed INT4 data."""
+    from onnx import numpy_helper
+
+    initializers = {i.name: i for i in graph.initializer}
+    casts = {n.output[0]: n for n in graph.node if n.op_type == "Cast"}
+    dead = []
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or not node.input[1].endswith(WEIGHT_SCALE):
+            continue
+        name = node.input[1].removesuffix(WEIGHT_SCALE) + CODES
+        source, cast = node.input[0], casts.get(node.input[0])
+        if cast is not None and cast.input[0] in initializers:
+            stored = initializers.pop(cast.input[0])
+            values = numpy_helper.to_array(stored).astype(_numpy_type(_to(cast)))
+            graph.initializer.remove(stored)
+            graph.initializer.append(numpy_helper.from_array(values, name))
+            dead.append(cast)
+        elif source in initializers:
+            initializers.pop(source).name = name
+        else:
+            continue
+        node.input[0] = name
+    for cast in dead:
+        graph.node.remove(cast)
+
+
+def _drop_metadata(proto) -> None:
+    """The exporter's per-node provenance (stack traces, original names): a third of a
+    small model's file."""
+    graph = proto.graph
+    for item in [*graph.node, *graph.initializer, *graph.value_info, *graph.input, *graph.output]:
+        del item.metadata_props[:]
+        item.doc_string = ""
+    del proto.metadata_props[:]
+
+
+def _to(cast) -> int:
+    return next(a.i for a in cast.attribute if a.name == "to")
+
+
+def _numpy_type(onnx_type: int) -> np.dtype:
+    from onnx import helper
+
+    return helper.tensor_dtype_to_np_dtype(onnx_type)
+
+
+@dataclass(frozen=True)
+class WeightCodes:
+    """One quantized layer's weight as the ONNX file stores it."""
+
+    codes: np.ndarray
+    onnx_type: str  # e.g. INT4, INT8
+
+
+def weight_codes(path: str | Path) -> dict[str, WeightCodes]:
+    """Layer name -> its integer weight codes, read from an exported file."""
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        graph = onnx.load(str(path)).graph
+    except Exception as err:
+        raise CheckpointError(f"{path} is not a readable ONNX file: {err}") from err
+    found = {}
+    for tensor in graph.initializer:
+        if tensor.name.endswith("." + CODES) or tensor.name == CODES:
+            layer = tensor.name.removesuffix(CODES).removesuffix(".")
+            codes = numpy_helper.to_array(tensor).astype(np.int8)
+            found[layer] = WeightCodes(codes, onnx.TensorProto.DataType.Name(tensor.data_type))
+    return found

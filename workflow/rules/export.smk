@@ -1,0 +1,18 @@
+rule export:
+    input:
+        models=lambda w: [
+            f"{RESULTS}/runs/{w.experiment}/seed{w.seed}/{stage}/model.pt"
+            for stage in pipeline.quantized_stages(config, w.experiment)
+        ],
+    output:
+        f"{SEEDED}/export.json",
+    threads: THREADS
+    resources:
+        mem_mb=RESOURCES.get("mem_mb", 2000),
+        runtime=RESOURCES.get("eval_runtime", 30),
+    log:
+        f"{RESULTS}/logs/export/{{experiment}}/seed{{seed}}.log",
+    conda:
+        ENV
+    shell:
+        "repq export {input.models} --summary {output} --threads {threads} > {log} 2>&1"
