@@ -14,17 +14,16 @@ jobs' own ``qat-repq-4`` and ``qat-merged-4`` results are the references.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from pathlib import Path
+
+from mini_runs import ROOT, arguments
 
 from repq.engine.trainer import Job, Trainer
 from repq.qat.repq_conv import RepQConv
 from repq.reparam.stats import running_stats
 from repq.vocab import Stage
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def freeze_fold_statistics(trainer: Trainer) -> int:
@@ -52,12 +51,7 @@ def reference(run: Path, stage: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, default=ROOT / "results" / "reproduction")
-    parser.add_argument("--arch", default="repvgg_a0")
-    parser.add_argument("--bits", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "diagnostics" / "bn-fold")
+    parser = arguments(__doc__.splitlines()[0], "bn-fold")
     args = parser.parse_args()
     rows = []
     for run in sorted((args.results / "runs" / args.arch).glob("seed*")):

@@ -13,7 +13,6 @@ onnxruntime runs) and with a float bias.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import json
@@ -21,14 +20,13 @@ import statistics
 from pathlib import Path
 
 import torch
+from mini_runs import ROOT, arguments
 
 from repq.engine.tasks import make_task
 from repq.engine.trainer import Job, Trainer
 from repq.qat import to_deploy
 from repq.quant.layers import QuantLayer
 from repq.vocab import Stage
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextlib.contextmanager
@@ -74,12 +72,7 @@ def deployed_top1(model, config: dict, int32: bool) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, default=ROOT / "results" / "reproduction")
-    parser.add_argument("--arch", default="repvgg_a0")
-    parser.add_argument("--bits", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "diagnostics" / "bias")
+    parser = arguments(__doc__.splitlines()[0], "bias")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []

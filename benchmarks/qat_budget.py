@@ -13,20 +13,19 @@ times the weights' LR (steps' LR unchanged), the same change for both methods.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import statistics
 from pathlib import Path
 
 import torch
+from mini_runs import ROOT, arguments
 from torch import nn
 
 from repq.engine.build import model_from_file
 from repq.engine.trainer import Job, Trainer
 from repq.vocab import Stage
 
-ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = (
     ("merged", 8, 1.0),
     ("repq", 8, 1.0),
@@ -90,12 +89,7 @@ def _mean_std(values: list[float], signed: bool = False) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, default=ROOT / "results" / "reproduction")
-    parser.add_argument("--arch", default="repvgg_a0")
-    parser.add_argument("--bits", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "diagnostics" / "budget")
+    parser = arguments(__doc__.splitlines()[0], "budget")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     runs = sorted((args.results / "runs" / args.arch).glob("seed*"))

@@ -232,3 +232,22 @@ def test_repq_export_verifies_a_trained_model_and_logs_it(mini_data, tmp_path, c
     errors = capsys.readouterr().err.strip().splitlines()
     assert errors[-2].startswith("repq export: error: ") and "holds a float fp model" in errors[-2]
     assert "is corrupt or unreadable" in errors[-1] and len(errors[-1].splitlines()) == 1
+
+
+def test_a_graph_traced_once_serves_every_model_of_its_shape(tmp_path):
+    graphs: dict = {}
+    first, second, other = _layer(4, 4, False), _layer(4, 4, False), _layer(8, 8, False)
+    example = torch.randn(2, 3, 8, 8)
+    paths = [tmp_path / f"{i}.onnx" for i in range(3)]
+    reports = [
+        export_model(m, example, p, any_size=True, graphs=graphs)
+        for m, p in zip((first, second, other), paths, strict=True)
+    ]
+    assert len(graphs) == 2  # 4-bit (traced once for two models) and 8-bit
+    assert all(r["weight_codes_equal"] for r in reports)
+    assert reports[0]["bytes"] == reports[1]["bytes"]
+    x = torch.randn(3, 3, 8, 8).relu()
+    for model, path in zip((first, second, other), paths, strict=True):
+        (out,) = _session(path, "ORT_DISABLE_ALL").run(None, {"input": x.numpy()})
+        reference = to_deploy(model)(x).detach()
+        assert np.abs(out - reference.numpy()).max() <= ORT_RTOL * reference.abs().max().item()

@@ -32,12 +32,18 @@ from repq.vocab import Stage
 ONNX_FILE, REPORT_FILE = "model.onnx", "export.json"
 
 
-def export_model(model: nn.Module, example: torch.Tensor, path: Path, any_size: bool) -> dict:
+def export_model(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    any_size: bool,
+    graphs: dict | None = None,
+) -> dict:
     """Export a prepared (PTQ or QAT) model in integer form to ``path``; returns its
     bytes and the check of its weight codes against the model (:func:`codes_check`).
     ``any_size``: the file takes inputs of any height and width (else only the batch
-    varies)."""
-    export_onnx(integer_form(model), example, path, any_size)
+    varies); ``graphs``: traced graphs to reuse (:func:`repq.export.export_onnx`)."""
+    export_onnx(integer_form(model), example, path, any_size, graphs)
     return {"bytes": path.stat().st_size, **codes_check(model, path)}
 
 
@@ -52,24 +58,24 @@ def float_bytes(model: nn.Module, example: torch.Tensor, any_size: bool) -> int:
 def verify(model: nn.Module, path: Path, task: Task, threads: int = 1) -> dict:
     """The exported file in onnxruntime against the PyTorch deploy model on the task's
     evaluation data: both models' metrics, top-1 agreement and output differences."""
-    reference = to_deploy(model).cpu()
-    comparison = Comparison(OnnxRunner(path, threads), reference)
+    comparison = Comparison(OnnxRunner(path, threads), to_deploy(model).cpu())
     cpu = torch.device("cpu")
     return {
         "metrics": task.evaluate(comparison, cpu),
-        "reference_metrics": task.evaluate(reference, cpu),
+        "reference_metrics": task.evaluate(comparison.replay(), cpu),
         **comparison.summary(),
     }
 
 
 class Exporter:
-    """Exports model files one after another, building each evaluation data set and
-    measuring each architecture's FP32 size once."""
+    """Exports model files one after another, building each evaluation data set,
+    tracing each graph and measuring each architecture's FP32 size once."""
 
     def __init__(self, overrides: list[str], run_verify: bool, threads: int) -> None:
         self.overrides, self.run_verify, self.threads = overrides, run_verify, threads
         self.tasks: dict[str, Task] = {}
         self.fp32: dict[str, int] = {}
+        self.graphs: dict[tuple, object] = {}
 
     def _task(self, config: dict) -> Task:
         key = json.dumps([config["task"], config["data"], config["model"]], sort_keys=True)
@@ -100,7 +106,7 @@ class Exporter:
             "stage": str(stage),
             "model_file": str(model_file),
             "onnx_file": str(onnx_path),
-            **export_model(model, example, onnx_path, any_size),
+            **export_model(model, example, onnx_path, any_size, self.graphs),
             "fp32_bytes": self._fp32_bytes(model, config, example, any_size),
         }
         if self.run_verify:

@@ -31,12 +31,62 @@ def dynamic_shapes(example: Tensor, spatial: bool) -> tuple[dict[int, object]]:
     return (dims,)
 
 
-def export_onnx(model: nn.Module, example: Tensor, path: str | Path, spatial: bool) -> None:
+def export_onnx(
+    model: nn.Module,
+    example: Tensor,
+    path: str | Path,
+    spatial: bool,
+    graphs: dict[tuple, object] | None = None,
+) -> None:
     """Export ``model`` (eval mode) traced on ``example`` to one self-contained ONNX file,
     written atomically, each weight's integer codes stored as ``<layer>.codes`` in their
-    quantized type (:func:`_store_codes`)."""
+    quantized type (:func:`_store_codes`).
+
+    ``graphs`` caches traced files by :func:`graph_key`: a model whose graph was traced
+    before (another stage of the experiment at the same bit widths) gets a copy of that
+    file with its own initializer values, instead of a trace of its own (about 4 s)."""
     import onnx
 
+    graphs = {} if graphs is None else graphs
+    key = graph_key(model, example, spatial)
+    if key not in graphs:
+        graphs[key] = _trace(model, example, spatial)
+    proto = _with_values(graphs[key], model)  # also the traced one: one encoding for all
+    onnx.checker.check_model(proto)
+    atomic_write(path, lambda tmp: onnx.save_model(proto, tmp))
+
+
+def graph_key(model: nn.Module, example: Tensor, spatial: bool) -> tuple:
+    """What the traced graph depends on besides tensor values: the module tree, the
+    state's names, shapes and types, the Python attributes that become graph constants
+    (input ranges, weight bit widths), the input's shape and which dimensions vary."""
+    state = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items())
+    modules = tuple((name, type(m).__qualname__) for name, m in model.named_modules())
+    constants = tuple(
+        (name, getattr(m, "input_range", None), getattr(m, "weight_bits", None))
+        for name, m in model.named_modules()
+    )
+    return state, modules, constants, tuple(example.shape), spatial
+
+
+def _with_values(template, model: nn.Module):
+    """A copy of a traced file whose initializers hold ``model``'s state, each in the
+    file's type for it (INT4 codes stay INT4)."""
+    from onnx import helper, numpy_helper
+
+    proto = type(template)()
+    proto.CopyFrom(template)
+    state = model.state_dict()
+    for index, tensor in enumerate(proto.graph.initializer):
+        if tensor.name in state:
+            dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            values = state[tensor.name].detach().cpu().numpy().astype(dtype)
+            proto.graph.initializer[index].CopyFrom(numpy_helper.from_array(values, tensor.name))
+    return proto
+
+
+def _trace(model: nn.Module, example: Tensor, spatial: bool):
+    """``torch.onnx.export`` of ``model``, codes stored in their types, metadata dropped."""
     with torch.no_grad(), _quiet():
         program = torch.onnx.export(
             model,
@@ -53,8 +103,7 @@ def export_onnx(model: nn.Module, example: Tensor, path: str | Path, spatial: bo
     proto = program.model_proto
     _store_codes(proto.graph)
     _drop_metadata(proto)
-    onnx.checker.check_model(proto)
-    atomic_write(path, lambda tmp: onnx.save_model(proto, tmp))
+    return proto
 
 
 @contextlib.contextmanager

@@ -40,23 +40,40 @@ class OnnxRunner:
 class Comparison:
     """Runs the ONNX model and the PyTorch ``reference`` on every input, returns the
     ONNX output and records the largest absolute difference, the largest reference
-    output and, for ``[batch, classes]`` outputs, how often the top-1 class agrees."""
+    output and, for ``[batch, classes]`` outputs, how often the top-1 class agrees.
+    :meth:`replay` then gives the reference's outputs again, in the same order, so that
+    one pass over the data measures both models."""
 
     def __init__(self, runner: OnnxRunner, reference: nn.Module) -> None:
         self.runner, self.reference = runner, reference
         self.max_abs_diff = self.max_abs_reference = 0.0
         self.agreeing = self.compared = 0
+        self.references: list[Tensor] = []
 
     @torch.no_grad()
     def __call__(self, x: Tensor) -> Tensor:
         out = self.runner(x)
         ref = self.reference(x).float().cpu()
+        self.references.append(ref)
         self.max_abs_diff = max(self.max_abs_diff, (out - ref).abs().max().item())
         self.max_abs_reference = max(self.max_abs_reference, ref.abs().max().item())
         if out.dim() == 2:
             self.agreeing += int((out.argmax(1) == ref.argmax(1)).sum())
             self.compared += out.shape[0]
         return out
+
+    def replay(self):
+        """A callable that returns the recorded reference outputs one by one, for a second
+        pass over the same inputs in the same order (it checks the shapes)."""
+        recorded = iter(self.references)
+
+        def reference(x: Tensor) -> Tensor:
+            out = next(recorded)
+            if out.shape[0] != x.shape[0]:
+                raise RuntimeError("the replayed pass does not follow the recorded one")
+            return out
+
+        return reference
 
     def summary(self) -> dict[str, float]:
         found = {"max_abs_diff": self.max_abs_diff, "max_abs_output": self.max_abs_reference}
