@@ -7,7 +7,7 @@ STAMP := $(VENV)/.deps-stamp
 CORES ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint format demo mini unlock mutation bench bench-gpu clean-demo
+.PHONY: setup test lint format demo mini timm unlock mutation bench bench-gpu clean-demo
 
 setup: $(STAMP)
 
@@ -39,6 +39,10 @@ mini: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --profile profiles/default --configfile config/mini.yaml
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --profile profiles/default --configfile config/mini.yaml --report results/reproduction/report.html
 	@$(BIN)/repq demo-summary --results results/reproduction
+
+timm: $(STAMP)
+	@$(BIN)/python workflow/scripts/stale_lock.py
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --profile profiles/default --configfile config/timm.yaml
 
 # After a killed `make demo` or `make mini`: remove Snakemake's stale lock (the lock is
 # per folder, so one unlock serves both).

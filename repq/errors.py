@@ -21,6 +21,11 @@ class CheckpointError(RepqError, RuntimeError):
     """A checkpoint is missing, corrupt or of the wrong kind; the message names it."""
 
 
+class UnsupportedBlock(RepqError, TypeError):
+    """A module looks re-parametrizable but cannot be presented as one merged kernel;
+    the message names the module and its type."""
+
+
 class TrainingDiverged(RepqError, RuntimeError):
     """The loss became NaN or infinite."""
 

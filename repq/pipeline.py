@@ -101,14 +101,17 @@ def mini_args(mini: Mapping) -> str:
 
 def tracking_env(config: dict, environ: Mapping[str, str], results: str) -> dict[str, str]:
     """The MLflow environment of every job: the config's ``tracking`` keys, else the
-    caller's environment, else a SQLite store in the ``results`` folder. Jobs inherit
-    it (also under SLURM), so where they log is not a parameter that reruns them."""
+    caller's environment, else a SQLite store in the ``results`` folder, and how jobs
+    deliver (``tracking.delivery``). Jobs inherit it (also under SLURM), so where and
+    how they log is not a parameter that reruns them."""
     tracking = config.get("tracking", {})
     default_store = sqlite_uri(Path(results, "mlflow.db"))
     uri = tracking.get("uri") or environ.get("MLFLOW_TRACKING_URI") or default_store
     env = {"MLFLOW_TRACKING_URI": uri}
     if tracking.get("experiment"):
         env["MLFLOW_EXPERIMENT_NAME"] = tracking["experiment"]
+    if tracking.get("delivery"):
+        env["REPQ_TRACKING_DELIVERY"] = tracking["delivery"]
     return env
 
 

@@ -58,8 +58,10 @@ class Method:
         """The ``train.lr`` key of a run of this method at ``bits`` (Table S1)."""
         return dict(self.lr_keys).get(bits, "quantized")
 
-    def applies_to(self, architecture: str) -> bool:
-        return not self.needs_norm or ARCHITECTURES[architecture].has_norm
+    def applies_to(self, model: str) -> bool:
+        """Whether the method applies to a model (one this package does not know: yes)."""
+        facts = architecture(model)
+        return not self.needs_norm or facts is None or facts.has_norm
 
 
 METHODS: dict[str, Method] = {
@@ -245,10 +247,23 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
-def display_name(architecture: str) -> str:
+TIMM_PREFIX = "timm/"
+"""A model name ``timm/<name>`` is timm's ``<name>`` (classification, with BN), its
+re-parametrizable blocks adopted by :mod:`repq.reparam.timm_blocks`."""
+
+
+def architecture(name: str) -> Architecture | None:
+    """The facts of a zoo architecture or of a timm model (``timm/<name>``); None for
+    any other name."""
+    if name.startswith(TIMM_PREFIX):
+        return Architecture(name, name, "classification")
+    return ARCHITECTURES.get(name)
+
+
+def display_name(name: str) -> str:
     """The table name of an architecture (its own name when it is not in the zoo)."""
-    known = ARCHITECTURES.get(architecture)
-    return known.display if known else architecture
+    known = architecture(name)
+    return known.display if known else name
 
 
 def stages(architecture: str, methods: list[str], bits: list[int], ptq: bool = True) -> list[Stage]:

@@ -202,3 +202,36 @@ def test_the_start_up_probe_tells_refused_credentials_from_an_absent_server(tmp_
         server.kill()
     with pytest.raises(TrackingError, match="is unreachable"):
         ensure_experiment(server.uri, "auth")
+
+
+def test_a_deferred_job_never_imports_mlflow_and_sync_delivers_its_run(mini_data, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "fp"
+    args = ["train", str(RECIPES / "ecbsr.yaml"), "--stage", "fp", "--out", str(out)]
+    args += as_args(sr_overrides(mini_data, epochs=1))
+    script = (
+        "import sys; from repq.cli import main; code = main(sys.argv[1:]); "
+        "print('mlflow imported:', 'mlflow' in sys.modules); sys.exit(code)"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "REPQ_TRACKING_DELIVERY": "deferred"}
+    job = subprocess.run(
+        [sys.executable, "-c", script, *args], env=env, capture_output=True, text=True
+    )
+    assert job.returncode == 0, job.stderr[-2000:]
+    assert "mlflow imported: False" in job.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run_id"] is None  # not delivered yet
+    journal = Journal(out / "tracking.jsonl")
+    assert journal.pending() > 0 and journal.state()["store"]["uri"] == uri
+    assert main(["tracking-sync", str(tmp_path)]) == 0
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("repq").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["stage"] == "fp"
+    assert run.data.metrics["psnr/mini_a"] == pytest.approx(metrics["metrics"]["psnr/mini_a"])
+
+
+def test_an_unknown_delivery_mode_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPQ_TRACKING_DELIVERY", "later")
+    tracking = {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    with pytest.raises(TrackingError, match="tracking delivery 'later' is not one of"):
+        Tracker(tracking, tmp_path / "tracking.jsonl")

@@ -22,6 +22,7 @@ from repq.engine.tasks import ENGINES
 from repq.models import available, create
 from repq.qat import HANDLERS, Handler, bnest_fp, precision_table, prepare
 from repq.report.tables import collect, task_tables
+from repq.tracking.mlflow_tracker import DELIVERY_MODES
 from repq.vocab import METHODS, Method, Stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +34,9 @@ def test_workflow_schema_enums_are_the_vocabulary():
     properties = WORKFLOW_SCHEMA["properties"]
     assert properties["methods"]["items"]["enum"] == list(METHODS)
     assert properties["bits"]["items"]["enum"] == list(vocab.BITS)
+    delivery = properties["tracking"]["properties"]["delivery"]["enum"]
+    assert delivery == list(DELIVERY_MODES)
+    assert RECIPE_SCHEMA["properties"]["tracking"]["properties"]["delivery"]["enum"] == delivery
 
 
 def test_workflow_mini_keys_are_the_mini_spec():
@@ -42,7 +46,9 @@ def test_workflow_mini_keys_are_the_mini_spec():
 
 def test_recipe_schema_follows_the_vocabulary():
     properties = RECIPE_SCHEMA["properties"]
-    assert properties["model"]["properties"]["name"]["enum"] == list(vocab.ARCHITECTURES)
+    zoo, timm = properties["model"]["properties"]["name"]["anyOf"]
+    assert zoo["enum"] == list(vocab.ARCHITECTURES)
+    assert timm["pattern"].startswith(f"^{vocab.TIMM_PREFIX}")
     assert properties["task"]["enum"] == list(vocab.TASKS)
     train = properties["train"]["properties"]
     assert train["step_lr"]["required"] == [str(b) for b in vocab.BITS]

@@ -101,6 +101,12 @@ def _plan(workdir: Path, *config: str) -> str:
     return snakemake(workdir, "-n", "-p", "--cores", "2", "--config", *config).stdout
 
 
+def test_deferred_tracking_is_delivered_by_the_tables_job(workdir):
+    deferred = _plan(workdir, "tracking={delivery: deferred}")
+    assert "repq tracking-sync results" in deferred and "REPQ_TRACKING_DELIVERY" not in deferred
+    assert "repq tracking-sync" not in _plan(workdir, "tracking={delivery: live}")
+
+
 def test_dry_run_of_the_paper_plans_every_job(workdir):
     result = snakemake(workdir, "-n", "--cores", "2", "--configfile", "config/paper.yaml")
     counts = job_counts(result.stdout)
@@ -115,6 +121,18 @@ def test_dry_run_of_the_paper_plans_every_job(workdir):
         "all": 1,
     }
     assert "torchrun --standalone --nproc_per_node=8 -m repq train" in _shell_of(workdir)
+
+
+def test_dry_run_of_the_timm_experiment_plans_its_five_methods(workdir):
+    args = ["-n", "-p", "--cores", "2", "--configfile", "config/timm.yaml"]
+    result = snakemake(workdir, *args)
+    counts = job_counts(result.stdout)
+    assert counts["train"] == 10 and counts["export"] == 1  # FP, FP-BNest, 2 x (PTQ + 3)
+    stages = set(re.findall(r"--stage (\S+)", result.stdout))
+    kinds = ("ptq", "qat-merged", "qat-repq", "qat-bnest")
+    assert stages == {"fp", "fp-bnest"} | {f"{k}-{b}" for b in (8, 4) for k in kinds}
+    assert "config/recipes/timm_mobileone_s0.yaml" in result.stdout
+    assert "model.kwargs.width_factor=0.25" in result.stdout
 
 
 def _shell_of(workdir: Path) -> str:

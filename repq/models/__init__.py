@@ -9,6 +9,7 @@ from torch import nn
 from repq.models.ecbsr import ECBSR
 from repq.models.repvgg import RepVGG, repvgg_a0, repvgg_b0
 from repq.models.resnet import ResNet18, ac_resnet18, orepa_resnet18, resnet18
+from repq.vocab import TIMM_PREFIX
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "repvgg_a0": repvgg_a0,
@@ -28,7 +29,12 @@ def available() -> list[str]:
 
 
 def create(name: str, **kwargs) -> nn.Module:
-    """Build a model by name, e.g. ``create("ecbsr", m=4, c=16, scale=4)``."""
+    """Build a model by name, e.g. ``create("ecbsr", m=4, c=16, scale=4)``; a name
+    ``timm/<name>`` is timm's model (``repq[timm]``), e.g. ``timm/mobileone_s0``."""
+    if name.startswith(TIMM_PREFIX):
+        from repq.models.timm_models import create_timm
+
+        return create_timm(name.removeprefix(TIMM_PREFIX), **kwargs)
     try:
         factory = _REGISTRY[name]
     except KeyError:

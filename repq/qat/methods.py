@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from repq.reparam.base import ReparamBlock
-from repq.reparam.surgery import adopt_conv_bn, merge_blocks, outermost
+from repq.reparam.surgery import adopt_blocks, convert_blocks, outermost
 from repq.vocab import METHODS
 
 Transform = Callable[[nn.Module, int | None], nn.Module]
@@ -28,8 +28,9 @@ class Handler:
     """How a method changes a float model (in place; ``keep_bn`` as in :func:`bnest_fp`).
 
     ``qat_form`` gives the model whose outermost convs, linears and re-parametrized
-    blocks :func:`repq.qat.prepare` quantizes; ``fp_form``, when the method trains a
-    float model of its own (``Method.fp_variant``), gives that model.
+    blocks :func:`repq.qat.prepare` quantizes; it receives a model whose blocks are
+    adopted (:func:`repq.reparam.adopt_blocks`). ``fp_form``, when the method trains a
+    float model of its own (``Method.fp_variant``), gives that model from a plain one.
     """
 
     qat_form: Transform
@@ -41,23 +42,28 @@ def norm_blocks(model: nn.Module) -> list[ReparamBlock]:
     return [m for _, m in outermost(model, lambda m: isinstance(m, ReparamBlock)) if m.has_norm]
 
 
-def bnest_fp(model: nn.Module, keep_bn: int | None = None) -> nn.Module:
-    """Turn the BN of every block except the last ``keep_bn`` ones into BN-estimation
-    layers (in place). ``keep_bn`` defaults to the model's ``bnest_keep_bn`` (2 for the
-    ResNet-18 models, where small maps make the estimate poor; S1, S2)."""
+def _estimated_statistics(model: nn.Module, keep_bn: int | None) -> nn.Module:
     keep_bn = getattr(model, "bnest_keep_bn", 0) if keep_bn is None else keep_bn
-    blocks = norm_blocks(adopt_conv_bn(model))
+    blocks = norm_blocks(model)
     for i, block in enumerate(blocks):
         block.norm_mode = "estimate" if i < len(blocks) - keep_bn else "batch"
     return model
 
 
+def bnest_fp(model: nn.Module, keep_bn: int | None = None) -> nn.Module:
+    """Turn the BN of every block except the last ``keep_bn`` ones into BN-estimation
+    layers (in place; blocks adopted first). ``keep_bn`` defaults to the model's
+    ``bnest_keep_bn`` (2 for the ResNet-18 models, where small maps make the estimate
+    poor; S1, S2)."""
+    return _estimated_statistics(adopt_blocks(model), keep_bn)
+
+
 def _merged(model: nn.Module, keep_bn: int | None) -> nn.Module:
-    return merge_blocks(model)
+    return convert_blocks(model)
 
 
 def _batch_statistics(model: nn.Module, keep_bn: int | None) -> nn.Module:
-    for block in norm_blocks(adopt_conv_bn(model)):
+    for block in norm_blocks(model):
         block.norm_mode = "batch"
     return model
 
@@ -65,7 +71,7 @@ def _batch_statistics(model: nn.Module, keep_bn: int | None) -> nn.Module:
 HANDLERS: dict[str, Handler] = {
     "merged": Handler(_merged),
     "repq": Handler(_batch_statistics),
-    "bnest": Handler(bnest_fp, fp_form=bnest_fp),
+    "bnest": Handler(_estimated_statistics, fp_form=bnest_fp),
 }
 
 

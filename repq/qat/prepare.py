@@ -17,7 +17,7 @@ from repq.quant.layers import QuantLayer, wrap_quantized
 from repq.quant.lsq import LSQQuantizer
 from repq.quant.policy import LayerPrecision, PrecisionPolicy
 from repq.reparam.base import ReparamBlock
-from repq.reparam.surgery import outermost, replace_modules
+from repq.reparam.surgery import adopt_blocks, outermost, replace_modules
 from repq.vocab import method as registered_method
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear, ReparamBlock)
@@ -41,15 +41,20 @@ def prepare(
     policy: PrecisionPolicy | None = None,
     keep_bn: int | None = None,
     init: QuantInit | None = None,
+    allow_per_branch: bool = False,
 ) -> nn.Module:
     """A QAT copy of a float model for ``method`` at ``bits`` (the original is kept).
 
-    A re-parametrized block becomes one :class:`RepQConv` (LSQ on its merged kernel);
-    a plain conv or linear a quantized layer; ``init`` chooses the step initialisation
+    Blocks are adopted first (:func:`repq.reparam.adopt_blocks`: timm's re-parametrizable
+    blocks and conv+BN pairs); a module that looks re-parametrizable and has no adapter
+    is refused, or quantized per branch with a warning when ``allow_per_branch``. A
+    re-parametrized block becomes one :class:`RepQConv` (LSQ on its merged kernel); a
+    plain conv or linear a quantized layer; ``init`` chooses the step initialisation
     (see :func:`repq.qat.calibrate`)."""
     registered_method(method)
     policy = default_policy(model) if policy is None else policy
-    qat = HANDLERS[method].qat_form(copy.deepcopy(model), keep_bn)
+    adopted = adopt_blocks(copy.deepcopy(model), allow_per_branch)
+    qat = HANDLERS[method].qat_form(adopted, keep_bn)
     names = quantizable_layers(qat)
     index = {name: i for i, name in enumerate(names)}
 

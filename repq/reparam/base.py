@@ -26,17 +26,20 @@ NORM_MODES = ("batch", "estimate")
 
 @dataclass
 class Branch:
-    """One linear branch: ``norm(x * kernel + bias)``.
+    """One linear branch: ``scale * norm(x * kernel + bias)``.
 
     ``kernel`` has shape ``[out, in / groups, kh, kw]`` with ``kh, kw`` no larger than
     the block's kernel; it is centred in the block's kernel when merged. ``identity``
     marks a branch whose kernel is the identity, so that its output is ``x`` itself.
+    ``scale`` (``[out]``) multiplies the normalised output per channel: a layer scale,
+    or ``-1`` for a branch that is subtracted (FastViT's RepMixer).
     """
 
     kernel: Tensor
     bias: Tensor | None = None
     norm: nn.BatchNorm2d | None = None
     identity: bool = False
+    scale: Tensor | None = None
 
 
 def fold_norm(
@@ -148,6 +151,9 @@ class ReparamBlock(nn.Module, ABC):
             if branch.norm is not None:
                 mean, var = stats(branch, self)
                 k, b = fold_norm(k, b, branch.norm, mean, var)
+            if branch.scale is not None:
+                k = k * branch.scale.reshape(-1, 1, 1, 1)
+                b = b * branch.scale if b is not None else None
             kernels.append(k)
             if b is not None:
                 biases.append(b)

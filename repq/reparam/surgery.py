@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import copy
 import itertools
+import warnings
 from collections.abc import Callable
 
 from torch import nn
 
+from repq.errors import UnsupportedBlock
+from repq.reparam.adapters import adapt_foreign, lookalike_method, looks_reparametrizable
 from repq.reparam.base import ReparamBlock
 from repq.reparam.convbn import ConvBN
 
@@ -57,16 +60,58 @@ def adopt_conv_bn(module: nn.Module) -> nn.Module:
     return module
 
 
+class PerBranchWarning(UserWarning):
+    """A module that looks re-parametrizable is quantized branch by branch, as asked."""
+
+
+def refuse_lookalikes(model: nn.Module, allow_per_branch: bool = False) -> None:
+    """Raise :class:`UnsupportedBlock` for the first module left that looks
+    re-parametrizable (:func:`repq.reparam.adapters.looks_reparametrizable`); with
+    ``allow_per_branch`` warn instead (its convs are then quantized one by one)."""
+    found = outermost(model, looks_reparametrizable)
+    if not found and looks_reparametrizable(model):
+        found = [("the model", model)]
+    if not found:
+        return
+    name, module = found[0]
+    kind = f"{type(module).__module__}.{type(module).__qualname__}"
+    text = (
+        f"{name} ({kind}, with {lookalike_method(module)}()) looks re-parametrizable but has "
+        f"no adapter, so its branches would be quantized separately"
+        + (f" ({len(found) - 1} more such modules)" if len(found) > 1 else "")
+    )
+    if not allow_per_branch:
+        raise UnsupportedBlock(
+            f"{text}; register one (repq.reparam.register_adapter) or pass allow_per_branch=True"
+        )
+    warnings.warn(text, PerBranchWarning, stacklevel=3)
+
+
+def adopt_blocks(model: nn.Module, allow_per_branch: bool = False) -> nn.Module:
+    """Present every block of ``model`` through :class:`ReparamBlock`, in place: foreign
+    blocks with a registered adapter (timm's), then conv+BN pairs; then refuse (or, with
+    ``allow_per_branch``, warn about) any module left that looks re-parametrizable."""
+    replace_modules(model, adapt_foreign)
+    adopt_conv_bn(model)
+    refuse_lookalikes(model, allow_per_branch)
+    return model
+
+
 def _to_conv(name: str, module: nn.Module) -> nn.Module | None:
     return module.to_conv() if isinstance(module, ReparamBlock) else None
 
 
-def merge_blocks(model: nn.Module) -> nn.Module:
-    """Turn every block (and every conv+BN pair) of ``model`` into one ``nn.Conv2d`` with
-    bias, in place."""
-    return replace_modules(adopt_conv_bn(model), _to_conv)
+def convert_blocks(model: nn.Module) -> nn.Module:
+    """Replace every outermost block of an adopted model by its deploy conv, in place."""
+    return replace_modules(model, _to_conv)
 
 
-def reparameterize(model: nn.Module) -> nn.Module:
+def merge_blocks(model: nn.Module, allow_per_branch: bool = False) -> nn.Module:
+    """Turn every block (foreign blocks and conv+BN pairs included, see
+    :func:`adopt_blocks`) of ``model`` into one ``nn.Conv2d`` with bias, in place."""
+    return convert_blocks(adopt_blocks(model, allow_per_branch))
+
+
+def reparameterize(model: nn.Module, allow_per_branch: bool = False) -> nn.Module:
     """A deploy copy of ``model`` (see :func:`merge_blocks`); the original is untouched."""
-    return merge_blocks(copy.deepcopy(model)).train(model.training)
+    return merge_blocks(copy.deepcopy(model), allow_per_branch).train(model.training)

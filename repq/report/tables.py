@@ -24,7 +24,6 @@ from pathlib import Path
 import pandas as pd
 
 from repq.vocab import (
-    ARCHITECTURES,
     BITS,
     FP_BITS,
     METHODS,
@@ -125,7 +124,7 @@ def runs_table(results: list[Result]) -> pd.DataFrame:
 
 def applies(method: str, model: str) -> bool:
     """Whether a method applies to a model (an architecture outside the zoo: always)."""
-    return model not in ARCHITECTURES or METHODS[method].applies_to(model)
+    return METHODS[method].applies_to(model)
 
 
 def fp_stages_of(model: str) -> list[Stage]:

@@ -25,6 +25,7 @@ MINI_OUT = (MINI or {}).get("out", f"{RESULTS}/mini")
 EXPERIMENTS, SEEDS, STAGES = zip(*pipeline.all_runs(config))
 TASKS = pipeline.tasks(config)
 EXPORT = config["export"]
+DEFERRED = config.get("tracking", {}).get("delivery") == "deferred"
 SEEDED = f"{RESULTS}/runs/{{experiment}}/seed{{seed}}"
 RUN = f"{SEEDED}/{{stage}}"
 TABLES = f"{RESULTS}/tables"

@@ -37,3 +37,4 @@ rule tables:
         ENV
     shell:
         "repq report tables --runs {params.runs} --out {params.out} > {log} 2>&1"
+        + (" && repq tracking-sync {RESULTS} >> {log} 2>&1" if DEFERRED else "")
