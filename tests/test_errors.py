@@ -81,7 +81,7 @@ def test_wrong_number_of_classes_is_named(capsys, tmp_path, mini_data):
         ("train.epoch=3", "'epoch' was unexpected"),
         ("train.epochs=many", "train.epochs: 'many' is not of type 'integer'"),
         ("train.optimizer=lamb", "train.optimizer: 'lamb' is not one of"),
-        ("model.name=vgg", "model.name: 'vgg' is not one of"),
+        ("model.name=vgg", "model.name: 'vgg' is not valid under any of the given schemas"),
         ("train.lr.fp=-1", "train.lr.fp: -1 is less than or equal to the minimum of 0"),
     ],
 )

@@ -31,10 +31,11 @@ rule tables:
     params:
         runs=lambda w, input: Path(input[0]).parents[2],
         out=lambda w, output: Path(output.runs).parent,
+        results=lambda w, output: Path(output.runs).parents[1],
     log:
         f"{RESULTS}/logs/tables.log",
     conda:
         ENV
     shell:
         "repq report tables --runs {params.runs} --out {params.out} > {log} 2>&1"
-        + (" && repq tracking-sync {RESULTS} >> {log} 2>&1" if DEFERRED else "")
+        + (" && repq tracking-sync {params.results} >> {log} 2>&1" if DEFERRED else "")
