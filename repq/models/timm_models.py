@@ -7,6 +7,7 @@ from torch import nn
 
 from repq.errors import ConfigError
 from repq.quant.policy import PrecisionPolicy
+from repq.reparam.adapters import is_identity
 
 UNSIGNED_ACTIVATIONS = (nn.ReLU, nn.ReLU6)
 
@@ -17,7 +18,7 @@ def timm_policy(model: nn.Module) -> PrecisionPolicy:
     sum and its ReLU."""
     activations = [m for m in model.modules() if _is_activation(m)]
     relu_only = all(isinstance(m, UNSIGNED_ACTIVATIONS) for m in activations)
-    attention = any(not _is_identity(getattr(m, "attn", None)) for m in model.modules())
+    attention = any(not is_identity(getattr(m, "attn", None)) for m in model.modules())
     return PrecisionPolicy(first="input", signed_hidden=not relu_only or attention)
 
 
@@ -28,10 +29,6 @@ def _is_activation(module: nn.Module) -> bool:
     return type(module).__module__.startswith(ACTIVATION_MODULES)
 
 
-def _is_identity(module: nn.Module | None) -> bool:
-    return module is None or isinstance(module, nn.Identity)
-
-
 def create_timm(name: str, **kwargs) -> nn.Module:
     """``timm.create_model(name, **kwargs)`` (``pretrained=True`` loads timm's weights
     where the machine reaches them), with the model's precision policy set; a None
@@ -40,7 +37,7 @@ def create_timm(name: str, **kwargs) -> nn.Module:
         import timm
     except ImportError:
         raise ConfigError(f"model timm/{name} needs timm: pip install 'repq[timm]'") from None
-    if name not in timm.list_models():
+    if not timm.is_model(name):
         raise ConfigError(f"timm has no model {name!r} (timm.list_models() lists them)")
     model = timm.create_model(name, **{k: v for k, v in kwargs.items() if v is not None})
     model.precision_policy = timm_policy(model)

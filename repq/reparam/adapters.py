@@ -8,7 +8,8 @@ registered the first time a model holds a timm module (:mod:`repq.reparam.timm_b
 
 A module that is not adapted but looks re-parametrizable, because it has one of
 :data:`LOOKALIKE_METHODS` (timm's ``reparameterize_model`` calls them), would be
-quantized branch by branch, the option the paper rejects: :func:`lookalikes` finds it.
+quantized branch by branch, the option the paper rejects: :func:`lookalike_method`
+names what gives it away.
 """
 
 from __future__ import annotations
@@ -33,28 +34,32 @@ def register_adapter(cls: type[nn.Module], adapter: Adapter) -> None:
     ADAPTERS[cls] = adapter
 
 
-def _load_library_adapters() -> None:
+def load_library_adapters() -> None:
     """Register the adapters of the libraries whose modules a model can hold (a timm
-    module exists only once timm is imported)."""
+    module exists only once timm is imported); call once before :func:`adapt_foreign`."""
     if "timm" in sys.modules:
         import repq.reparam.timm_blocks  # noqa: F401  (registers on import)
 
 
 def adapt_foreign(name: str, module: nn.Module) -> nn.Module | None:
     """The adopted form of ``module``, or None when no adapter is registered for it."""
-    _load_library_adapters()
     adapter = ADAPTERS.get(type(module))
     return adapter(name, module) if adapter is not None else None
 
 
-def looks_reparametrizable(module: nn.Module) -> bool:
-    """Whether a module that is not a :class:`ReparamBlock` has a re-parametrization
-    method of its own."""
+def lookalike_method(module: nn.Module) -> str | None:
+    """The first of :data:`LOOKALIKE_METHODS` that a module other than a
+    :class:`ReparamBlock` has: the sign that it re-parametrizes itself; else None."""
     if isinstance(module, ReparamBlock):
-        return False
-    return any(callable(getattr(type(module), name, None)) for name in LOOKALIKE_METHODS)
+        return None
+    kind = type(module)
+    return next((name for name in LOOKALIKE_METHODS if callable(getattr(kind, name, None))), None)
 
 
-def lookalike_method(module: nn.Module) -> str:
-    """The first of :data:`LOOKALIKE_METHODS` that ``module`` has."""
-    return next(name for name in LOOKALIKE_METHODS if callable(getattr(type(module), name, None)))
+def looks_reparametrizable(module: nn.Module) -> bool:
+    return lookalike_method(module) is not None
+
+
+def is_identity(module: nn.Module | None) -> bool:
+    """Whether an optional part of a block does nothing (absent or ``nn.Identity``)."""
+    return module is None or isinstance(module, nn.Identity)

@@ -10,7 +10,12 @@ from collections.abc import Callable
 from torch import nn
 
 from repq.errors import UnsupportedBlock
-from repq.reparam.adapters import adapt_foreign, lookalike_method, looks_reparametrizable
+from repq.reparam.adapters import (
+    adapt_foreign,
+    load_library_adapters,
+    lookalike_method,
+    looks_reparametrizable,
+)
 from repq.reparam.base import ReparamBlock
 from repq.reparam.convbn import ConvBN
 
@@ -91,6 +96,7 @@ def adopt_blocks(model: nn.Module, allow_per_branch: bool = False) -> nn.Module:
     """Present every block of ``model`` through :class:`ReparamBlock`, in place: foreign
     blocks with a registered adapter (timm's), then conv+BN pairs; then refuse (or, with
     ``allow_per_branch``, warn about) any module left that looks re-parametrizable."""
+    load_library_adapters()
     replace_modules(model, adapt_foreign)
     adopt_conv_bn(model)
     refuse_lookalikes(model, allow_per_branch)

@@ -31,13 +31,9 @@ from timm.models import byobnet, fastvit
 from torch import nn
 
 from repq.errors import UnsupportedBlock
-from repq.reparam.adapters import register_adapter
+from repq.reparam.adapters import is_identity, register_adapter
 from repq.reparam.branch_sum import BranchSum, Term, plain_norm
 from repq.reparam.convbn import ConvBN
-
-
-def _is_identity(module: nn.Module | None) -> bool:
-    return module is None or isinstance(module, nn.Identity)
 
 
 def linear_norm(name: str, bn: nn.Module) -> nn.BatchNorm2d:
@@ -45,7 +41,7 @@ def linear_norm(name: str, bn: nn.Module) -> nn.BatchNorm2d:
     if not isinstance(bn, nn.BatchNorm2d):
         raise UnsupportedBlock(f"{name}: {type(bn).__name__} is not a BatchNorm2d")
     for part in ("drop", "act"):
-        if not _is_identity(getattr(bn, part, None)):
+        if not is_identity(getattr(bn, part, None)):
             raise UnsupportedBlock(f"{name}: its {part} ({getattr(bn, part)}) precedes the sum")
     return plain_norm(bn)
 
@@ -71,7 +67,7 @@ def geometry(conv: nn.Conv2d) -> dict:
 
 def followed(block: nn.Module, **post: nn.Module) -> nn.Module:
     """``block`` then the non-identity modules of ``post``, in order."""
-    ops = [(k, m) for k, m in post.items() if not _is_identity(m)]
+    ops = [(k, m) for k, m in post.items() if not is_identity(m)]
     return nn.Sequential(OrderedDict([("block", block), *ops])) if ops else block
 
 
@@ -83,7 +79,7 @@ def _post(module: nn.Module) -> dict[str, nn.Module]:
 
 def _check_drop_path(name: str, module: nn.Module) -> None:
     drop_path = getattr(module, "drop_path", None)
-    if not _is_identity(drop_path):
+    if not is_identity(drop_path):
         raise UnsupportedBlock(
             f"{name}: DropPath ({drop_path}) acts on some branches only; create the "
             "model with drop_path_rate=0"
@@ -157,7 +153,7 @@ def adapt_rep_mixer(name: str, module: fastvit.RepMixer) -> nn.Module:
         return module.reparam_conv
     for part in ("mixer", "norm"):
         inner = getattr(module, part)
-        if not (_is_identity(inner.act) and _is_identity(inner.se)):
+        if not (is_identity(inner.act) and is_identity(inner.se)):
             raise UnsupportedBlock(f"{name}.{part}: an activation or SE inside the mixer")
     gamma = getattr(module.layer_scale, "gamma", None)
     scaled = gamma is not None
