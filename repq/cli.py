@@ -113,7 +113,8 @@ def _add_export(sub) -> None:
         "export",
         help="export trained PTQ/QAT models to ONNX QDQ and verify them in onnxruntime",
         description="Export each model.pt (a PTQ or QAT job's) to an ONNX file in QDQ form "
-        "(opset 21: integer weight codes, INT4 or INT8, with per-output-channel steps; "
+        "(opset 21: integer weight codes, INT4 or UINT8 with zero point 128, with "
+        "per-output-channel steps; "
         "per-tensor activation steps), written as model.onnx beside it with export.json; "
         "verify it in onnxruntime against the PyTorch deploy model on the run's own "
         "evaluation data.",

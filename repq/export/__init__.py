@@ -1,6 +1,6 @@
 """Deployment: a trained quantized model as an ONNX QDQ file (integer weight codes with
-per-output-channel steps, per-tensor activation steps, INT4/INT8), verified in
-onnxruntime against the PyTorch deploy model."""
+per-output-channel steps: INT4, or UINT8 with zero point 128; per-tensor activation
+steps), verified in onnxruntime against the PyTorch deploy model."""
 
 from repq.export.job import export_files, export_model, float_bytes, verify
 from repq.export.onnx_model import export_onnx, weight_codes

@@ -2,7 +2,7 @@
 onnxruntime against its PyTorch deploy model on the run's own evaluation data.
 
 Beside each ``model.pt`` it writes ``model.onnx`` and ``export.json``: the file's bytes
-and those of the same deploy model exported in float (FP32), how many layers store INT8
+and those of the same deploy model exported in float (FP32), how many layers store UINT8
 and INT4 codes, whether every code equals ``weight_quant.integers`` of the PyTorch
 model, and, verified, the metrics onnxruntime gives, the PyTorch deploy model's metrics,
 the top-1 agreement (classification) and the largest output difference.

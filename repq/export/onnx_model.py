@@ -19,7 +19,7 @@ from repq.files import atomic_write
 
 OPSET = 21
 """The first opset with INT4/UINT4 ``QuantizeLinear``/``DequantizeLinear``."""
-CODES, WEIGHT_SCALE = "codes", "weight_scale"
+CODES, WEIGHT_SCALE, ZERO_POINT = "codes", "weight_scale", "codes_zero_point"
 """Buffer names of :class:`repq.export.qdq.QDQLayer`, which become initializer names."""
 
 
@@ -170,8 +170,8 @@ def _numpy_type(onnx_type: int) -> np.dtype:
 class WeightCodes:
     """One quantized layer's weight as the ONNX file stores it."""
 
-    codes: np.ndarray
-    onnx_type: str  # e.g. INT4, INT8
+    codes: np.ndarray  # the signed codes: stored values less their zero point
+    onnx_type: str  # e.g. INT4, UINT8
 
 
 def weight_codes(path: str | Path) -> dict[str, WeightCodes]:
@@ -183,10 +183,19 @@ def weight_codes(path: str | Path) -> dict[str, WeightCodes]:
         graph = onnx.load(str(path)).graph
     except Exception as err:
         raise CheckpointError(f"{path} is not a readable ONNX file: {err}") from err
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
     found = {}
-    for tensor in graph.initializer:
-        if tensor.name.endswith("." + CODES) or tensor.name == CODES:
-            layer = tensor.name.removesuffix(CODES).removesuffix(".")
-            codes = numpy_helper.to_array(tensor).astype(np.int8)
-            found[layer] = WeightCodes(codes, onnx.TensorProto.DataType.Name(tensor.data_type))
+    for name, tensor in initializers.items():
+        if name.endswith("." + CODES) or name == CODES:
+            layer = name.removesuffix(CODES).removesuffix(".")
+            codes = numpy_helper.to_array(tensor).astype(np.int16)
+            zero = initializers.get(name.removesuffix(CODES) + ZERO_POINT)
+            if zero is not None:
+                codes -= _per_channel(numpy_helper.to_array(zero), codes)
+            type_name = onnx.TensorProto.DataType.Name(tensor.data_type)
+            found[layer] = WeightCodes(codes.astype(np.int8), type_name)
     return found
+
+
+def _per_channel(values: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return values.astype(np.int16).reshape(-1, *([1] * (like.ndim - 1)))

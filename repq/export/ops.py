@@ -3,10 +3,11 @@
 * ``repq::quantize_dequantize(x, scale, qmin, qmax)``: per-tensor fake quantization of
   an activation, ``clamp(round(x / s), qmin, qmax) * s`` (the LSQ forward), exported as
   ``QuantizeLinear`` then ``DequantizeLinear`` (opset 21), zero point 0;
-* ``repq::dequantize_weight(codes, scale, bits)``: integer codes times their
-  per-output-channel steps, exported as ``DequantizeLinear(axis=0)`` of an integer
-  initializer: a weight (``bits`` 4 or 8) or a bias (32: int32 codes of step
-  ``s_x * s_w``, what an integer engine adds to its accumulator).
+* ``repq::dequantize_weight(codes, scale, bits, zero_point)``: integer codes less their
+  zero point (none: 0) times their per-output-channel steps, exported as
+  ``DequantizeLinear(axis=0)`` of an integer initializer: a weight (``bits`` 4 or 8) or
+  a bias (32: int32 codes of step ``s_x * s_w``, what an integer engine adds to its
+  accumulator).
 
 The container of a ``b``-bit code is ``INT<b>``/``UINT<b>`` for the bit widths ONNX has
 (4 and 8, opset 21): ``QuantizeLinear`` saturates to the container's range, which is
@@ -51,13 +52,23 @@ def _(x: Tensor, scale: Tensor, qmin: int, qmax: int) -> Tensor:
 
 
 @torch.library.custom_op("repq::dequantize_weight", mutates_args=())
-def dequantize_weight(codes: Tensor, scale: Tensor, bits: int) -> Tensor:
-    """``codes * scale``, one step per output channel (dimension 0)."""
-    return codes.to(scale.dtype) * scale.reshape(-1, *([1] * (codes.dim() - 1)))
+def dequantize_weight(
+    codes: Tensor, scale: Tensor, bits: int, zero_point: Tensor | None = None
+) -> Tensor:
+    """``(codes - zero_point) * scale``, one step and one zero point per output channel
+    (dimension 0)."""
+    values = codes.to(scale.dtype)
+    if zero_point is not None:
+        values = values - _per_channel(zero_point.to(scale.dtype), codes)
+    return values * _per_channel(scale, codes)
+
+
+def _per_channel(values: Tensor, like: Tensor) -> Tensor:
+    return values.reshape(-1, *([1] * (like.dim() - 1)))
 
 
 @dequantize_weight.register_fake
-def _(codes: Tensor, scale: Tensor, bits: int) -> Tensor:
+def _(codes: Tensor, scale: Tensor, bits: int, zero_point: Tensor | None = None) -> Tensor:
     return torch.empty_like(codes, dtype=scale.dtype)
 
 
@@ -71,15 +82,17 @@ def translation_table() -> dict[Callable, Callable]:
         names = {4: ("UINT4", "INT4"), 8: ("UINT8", "INT8"), 32: ("UINT32", "INT32")}
         return getattr(ir.DataType, names[bits][signed])
 
-    def zero_point(dtype: ir.DataType):
+    def zero_of(dtype: ir.DataType):
         return op.Constant(value=ir.tensor(np.zeros((), dtype=dtype.numpy()), dtype=dtype))
 
     def onnx_quantize_dequantize(x, scale, qmin: int, qmax: int):
         bits = (qmax - qmin + 1).bit_length() - 1
-        zero = zero_point(container(bits, qmin < 0))  # its type is QuantizeLinear's output's
+        zero = zero_of(container(bits, qmin < 0))  # its type is QuantizeLinear's output's
         return op.DequantizeLinear(op.QuantizeLinear(x, scale, zero), scale, zero)
 
-    def onnx_dequantize_weight(codes, scale, bits: int):
+    def onnx_dequantize_weight(codes, scale, bits: int, zero_point=None):
+        if zero_point is not None:  # UINT8 codes (repq.export.qdq.UNSIGNED_OFFSET)
+            return op.DequantizeLinear(codes, scale, zero_point, axis=0)
         # zero point left out: 0 of the codes' type
         typed = op.Cast(codes, to=container(bits, True)) if bits == 4 else codes  # INT4 data
         return op.DequantizeLinear(typed, scale, axis=0)
