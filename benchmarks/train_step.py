@@ -2,7 +2,9 @@
 
 For each model, every variant's training step (forward, backward, optimiser) is timed
 in one process, interleaved (A B C ... A B C ...), and the median is reported with its
-ratio to Merged. Memory is the peak allocated during one step with the variant's live
+ratio to Merged: the median over rounds of each round's ratio (a variant against the
+Merged step of the same round), with the min and max over rounds beside both, so that
+a ratio is read with its noise. Memory is the peak allocated during one step with the variant's live
 state counted: the bytes live before the step (parameters, buffers, optimiser state, the
 batch) plus the rise of the peak during it, read from ``torch.cuda.max_memory_allocated``
 on CUDA and from the profiler's allocation and free events on the CPU (where torch keeps
@@ -211,18 +213,31 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
     memory = {k: peak_memory(s, device) for k, s in steps.items()}
     saved = {k: saved_bytes(s) for k, s in steps.items()}
     median = {k: statistics.median(v) for k, v in times.items()}
+    ratios = {k: [t / m for t, m in zip(v, times["merged"], strict=True)] for k, v in times.items()}
     return {
         "batch": args.batch,
         "input": list(shape),
+        "rounds": args.rounds,
         "step_s": median,
+        "step_s_spread": {k: spread(v) for k, v in times.items()},
         "images_per_s": {k: args.batch / v for k, v in median.items()},
         "memory_bytes": memory,
         "saved_bytes": saved,
         "warmup_s": compile_s,
         "failed": failed,
-        "time_vs_merged": {k: v / median["merged"] for k, v in median.items()},
+        "time_vs_merged": {k: statistics.median(v) for k, v in ratios.items()},
+        "time_vs_merged_spread": {k: spread(v) for k, v in ratios.items()},
         "memory_vs_merged": {k: v / memory["merged"] for k, v in memory.items()},
     }
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Min, median and max of one variant's rounds."""
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def _range(values: dict[str, float], scale: float, digits: int) -> str:
+    return f"{scale * values['min']:.{digits}f}-{scale * values['max']:.{digits}f}"
 
 
 def markdown(results: dict) -> str:
@@ -231,14 +246,21 @@ def markdown(results: dict) -> str:
         lines += [
             f"### {name} (batch {r['batch']}, input {'x'.join(map(str, r['input']))})",
             "",
+            f"{r['rounds']} rounds: median (min-max over rounds); time / Merged is the "
+            "median of each round's ratio",
+            "",
             "| variant | step (ms) | images/s | time / Merged | peak memory (MiB) "
             "| memory / Merged | saved for backward (MiB) |",
             "|---|---|---|---|---|---|---|",
         ]
         for key in r["step_s"]:
+            step = f"{1000 * r['step_s'][key]:.1f} ({_range(r['step_s_spread'][key], 1000, 1)})"
+            ratio = (
+                f"{r['time_vs_merged'][key]:.2f} ({_range(r['time_vs_merged_spread'][key], 1, 2)})"
+            )
             lines.append(
-                f"| {key} | {1000 * r['step_s'][key]:.1f} | {r['images_per_s'][key]:.1f} | "
-                f"{r['time_vs_merged'][key]:.2f} | {r['memory_bytes'][key] / 2**20:.1f} | "
+                f"| {key} | {step} | {r['images_per_s'][key]:.1f} | {ratio} | "
+                f"{r['memory_bytes'][key] / 2**20:.1f} | "
                 f"{r['memory_vs_merged'][key]:.2f} | {r['saved_bytes'][key] / 2**20:.1f} |"
             )
         lines += [f"| {key} | failed: {error} | | | | | |" for key, error in r["failed"].items()]

@@ -35,12 +35,26 @@ def test_train_step_writes_ratios_to_merged_and_peak_memory(tmp_path):
     assert list(result["step_s"]) == variants
     assert result["time_vs_merged"]["merged"] == 1.0
     assert all(t > 0 for t in result["step_s"].values())
+    # the spread over rounds: the median of each round's ratio lies within its range,
+    # and Merged against itself is exactly 1 in every round
+    for key in variants:
+        ratio, step = result["time_vs_merged_spread"][key], result["step_s_spread"][key]
+        assert ratio["min"] <= result["time_vs_merged"][key] == ratio["median"] <= ratio["max"]
+        assert step["min"] <= result["step_s"][key] == step["median"] <= step["max"]
+    assert result["time_vs_merged_spread"]["merged"] == {"min": 1.0, "median": 1.0, "max": 1.0}
+    assert result["rounds"] == 2
     # the peak counts parameters and optimiser state, so it exceeds what autograd saves
     for key in variants:
         assert result["memory_bytes"][key] > result["saved_bytes"][key] > 0
     assert result["input"] == [1, 8, 8]
     table = (tmp_path / "cpu.md").read_text()
     assert "| bnest |" in table and "memory / Merged" in table
+    row = next(line for line in table.splitlines() if line.startswith("| bnest |"))
+    low, high = (
+        result["time_vs_merged_spread"]["bnest"]["min"],
+        result["time_vs_merged_spread"]["bnest"]["max"],
+    )
+    assert f"{result['time_vs_merged']['bnest']:.2f} ({low:.2f}-{high:.2f})" in row
     assert not list(tmp_path.glob("*.partial"))
 
 
