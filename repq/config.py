@@ -123,10 +123,20 @@ def validate(config: dict) -> dict:
     )
     if errors:
         lines = dict.fromkeys(
-            f"  {'.'.join(map(str, e.absolute_path)) or '<top level>'}: {e.message}" for e in errors
+            f"  {'.'.join(map(str, e.absolute_path)) or '<top level>'}: {_message(e)}"
+            for e in errors
         )
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
     return config
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    """The error's message; for a value that fits none of ``anyOf``/``oneOf``, what each
+    alternative asks (e.g. a zoo name, or ``timm/<name>``)."""
+    if error.validator not in ("anyOf", "oneOf") or not error.context:
+        return error.message
+    asks = dict.fromkeys(sub.message for sub in error.context)
+    return f"{error.instance!r} fits none of the alternatives: " + "; or ".join(asks)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:

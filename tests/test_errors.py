@@ -81,7 +81,12 @@ def test_wrong_number_of_classes_is_named(capsys, tmp_path, mini_data):
         ("train.epoch=3", "'epoch' was unexpected"),
         ("train.epochs=many", "train.epochs: 'many' is not of type 'integer'"),
         ("train.optimizer=lamb", "train.optimizer: 'lamb' is not one of"),
-        ("model.name=vgg", "model.name: 'vgg' is not valid under any of the given schemas"),
+        (
+            "model.name=vgg",
+            "model.name: 'vgg' fits none of the alternatives: 'vgg' is not "
+            "one of ['repvgg_a0', 'repvgg_b0', 'ac_resnet18', 'orepa_resnet18', 'resnet18', "
+            "'ecbsr']; or 'vgg' does not match '^timm/",
+        ),
         ("train.lr.fp=-1", "train.lr.fp: -1 is less than or equal to the minimum of 0"),
     ],
 )
