@@ -2,7 +2,8 @@
 
 Every aten op's self CPU time over a few steps is put in one bin: ``conv``
 (convolutions, their backward, linear layers), ``quantizer`` (inside a fake quantizer,
-forward or backward: LSQ here, torch.ao's fused observer and fake quantizer), then by
+forward or backward: LSQ here, also inside the fused quantize-quantize-convolve
+function, torch.ao's fused observer and fake quantizer), then by
 its inputs: ``activation`` (an input shaped like a batch of feature maps), ``weight``
 (an input of at least ``--large`` elements that is not a batch: kernels, their
 gradients and the optimiser step) and ``small`` (everything else: per-channel vectors
@@ -26,7 +27,8 @@ from train_step import VARIANTS, Step, build_variants, models
 
 BINS = ("conv", "quantizer", "activation", "weight", "small")
 CONV_OPS = ("convolution", "addmm", "aten::mm")
-QUANTIZER_OPS = ("LSQFunction", "fake_quant", "FakeQuant", "FqHelper")
+QUANTIZER_OPS = ("LSQFunction", "QuantizedOpFunction", "fake_quant", "FakeQuant", "FqHelper")
+"""Fake quantizers; the convs inside ``QuantizedOpFunction`` are binned as ``conv``."""
 
 
 def _lineage(event: FunctionEvent) -> list[str]:

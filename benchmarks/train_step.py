@@ -34,9 +34,10 @@ from torch.profiler import ProfilerActivity, profile
 
 from repq.models import create
 from repq.qat import bnest_fp, prepare
+from repq.quant import set_recompute
 from repq.reparam import reparameterize
 
-VARIANTS = ("float", "float_deploy", "merged", "repq", "bnest", "torch_ao")
+VARIANTS = ("float", "float_deploy", "merged", "merged_stored", "repq", "bnest", "torch_ao")
 
 
 def models(
@@ -66,6 +67,13 @@ def torch_ao_qat(model: nn.Module) -> nn.Module:
     return ao.prepare_qat(deploy)
 
 
+def storing(model: nn.Module) -> nn.Module:
+    """The model with ``train.recompute_quantized: false``: Q(x), Q(W) stored for
+    backward (the separate LSQ functions, then the conv)."""
+    set_recompute(model, False)
+    return model
+
+
 def build_variants(factory: Callable[[], nn.Module]) -> dict[str, nn.Module]:
     torch.manual_seed(0)
     model = factory().train()
@@ -74,6 +82,7 @@ def build_variants(factory: Callable[[], nn.Module]) -> dict[str, nn.Module]:
         "float": model,
         "float_deploy": reparameterize(model).train(),
         "merged": prepare(model, "merged", 8).train(),
+        "merged_stored": storing(prepare(model, "merged", 8).train()),
         "repq": prepare(model, "repq", 8).train(),
         "bnest": prepare(bnest_model, "bnest", 8).train(),
         "torch_ao": torch_ao_qat(model).train(),

@@ -171,3 +171,20 @@ def test_compiled_training_forward_trains_and_saves_a_plain_model(mini_data, tmp
     assert _evaluate("ecbsr.yaml", overrides, tmp_path)["metrics"] == pytest.approx(
         result["metrics"]
     )
+
+
+def test_recomputed_quantized_operands_train_exactly_as_stored_ones(mini_data, tmp_path):
+    overrides = sr_overrides(mini_data) + tracking_overrides(tmp_path)
+    _train("ecbsr.yaml", overrides, tmp_path / "fp", "--stage", "fp")
+    qat = ("--stage", "qat-merged-8", "--init", str(tmp_path / "fp" / "model.pt"))
+    stored = _train(
+        "ecbsr.yaml", overrides + ["train.recompute_quantized=false"], tmp_path / "stored", *qat
+    )
+    recomputed = _train("ecbsr.yaml", overrides, tmp_path / "re", *qat)  # the default
+    assert recomputed["metrics"] == stored["metrics"]
+    # every column but the speed: losses, metrics and learned steps of every epoch
+    stored_history, re_history = (
+        pd.read_csv(tmp_path / run / "history.csv").drop(columns="images_per_sec")
+        for run in ("stored", "re")
+    )
+    assert re_history.equals(stored_history)

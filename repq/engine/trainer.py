@@ -46,7 +46,7 @@ from repq.files import atomic_write
 from repq.qat import calibrate, precision_tsv
 from repq.qat.health import clipped_fractions, float_health_rows, health_csv, health_rows
 from repq.quant.init import QuantInit
-from repq.quant.layers import QuantLayer
+from repq.quant.layers import QuantLayer, set_recompute
 from repq.tracking import Tracker, run_tags
 from repq.vocab import Stage
 
@@ -122,6 +122,8 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = numerics.tf32
         self.channels_last = self.cuda and self.train_cfg.get("channels_last", True)
         self.model = build_model(job.config, job.stage, job.init)
+        if "recompute_quantized" in self.train_cfg:
+            set_recompute(self.model, self.train_cfg["recompute_quantized"])
         self.model.to(self.ctx.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)

@@ -38,7 +38,10 @@ class RepQConv(QuantLayer):
         x = self.input_quant(x)
         kernel, bias = self.block.kernel_bias(self._stats(x))
         kernel = self.weight_quant(kernel)
-        return self.block.apply_kernel(x, kernel, self.forward_bias(bias))
+        return self.apply_op(x, kernel, self.forward_bias(bias))
+
+    def apply_op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return self.block.apply_kernel(x, weight, bias)
 
     def float_weight(self) -> tuple[Tensor, Tensor]:
         return self.block.kernel_bias()

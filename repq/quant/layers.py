@@ -17,11 +17,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from repq.quant.fused import Conv2dOp, LinearOp, quantized_op
 from repq.quant.init import QuantInit
 from repq.quant.lsq import LSQQuantizer
 from repq.quant.policy import LayerPrecision
 
 INT32_RANGE = (-(2**31), 2**31 - 1)
+RECOMPUTE = True
+"""Whether quantized convs and linears recompute ``Q_a(x)`` and ``Q_w(W)`` in backward
+by default (``train.recompute_quantized``): about 0.85x the peak memory of storing them
+at the same step time (README, Performance; ``benchmarks/train_step.py``, variants
+``merged`` and ``merged_stored``)."""
 
 
 class QuantLayer(nn.Module, ABC):
@@ -37,6 +43,7 @@ class QuantLayer(nn.Module, ABC):
             precision.input_bits, precision.input_signed, init=init.activation
         )
         self.weight_quant = LSQQuantizer(precision.weight_bits, True, out_channels, init.weight)
+        self.recompute = RECOMPUTE
 
     def bias_step(self) -> Tensor:
         """The accumulator's step per output channel: ``s_x * s_w``."""
@@ -54,6 +61,24 @@ class QuantLayer(nn.Module, ABC):
     def forward_bias(self, bias: Tensor | None) -> Tensor | None:
         """The bias of a forward pass: float in training, as deployed in eval mode."""
         return bias if self.training else self.deploy_bias(bias)
+
+    def quantized_forward(self, x: Tensor, op: Conv2dOp | LinearOp | None) -> Tensor:
+        """``op(Q_a(x), Q_w(W), b)``: with ``recompute`` set, one fused function that
+        recomputes ``Q_a(x)`` and ``Q_w(W)`` in backward (:mod:`repq.quant.fused`) where
+        both quantizers quantize in eager mode; else each quantizer, then ``op`` (also
+        while calibrating, with a quantizer off, in a compiled graph, or without a fused
+        ``op``)."""
+        fusable = self.recompute and op is not None and not torch.compiler.is_compiling()
+        w_args = self.weight_quant.lsq_args(self.weight) if fusable else None
+        x_args = self.input_quant.lsq_args(x) if w_args is not None else None
+        if x_args is None:
+            weight, x = self.weight_quant(self.weight), self.input_quant(x)
+            return self.apply_op(x, weight, self.forward_bias(self.bias))
+        return quantized_op(x, self.weight, self.forward_bias(self.bias), x_args, w_args, op)
+
+    @abstractmethod
+    def apply_op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """The layer's conv or linear of (quantized) ``x`` and ``weight``."""
 
     @abstractmethod
     def float_weight(self) -> tuple[Tensor, Tensor | None]:
@@ -97,9 +122,15 @@ class QuantConv2d(QuantLayer):
         self.dilation, self.groups = conv.dilation, conv.groups
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = self.weight_quant(self.weight)
-        x = self.input_quant(x)
-        bias = self.forward_bias(self.bias)
+        return self.quantized_forward(x, self._op)
+
+    @property
+    def _op(self) -> Conv2dOp | None:
+        if isinstance(self.padding, str):  # "same"/"valid": F.conv2d's own backward
+            return None
+        return Conv2dOp(self.stride, self.padding, self.dilation, self.groups)
+
+    def apply_op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def float_weight(self) -> tuple[Tensor, Tensor | None]:
@@ -132,8 +163,10 @@ class QuantLinear(QuantLayer):
         self.weight, self.bias = linear.weight, linear.bias
 
     def forward(self, x: Tensor) -> Tensor:
-        weight, x = self.weight_quant(self.weight), self.input_quant(x)
-        return F.linear(x, weight, self.forward_bias(self.bias))
+        return self.quantized_forward(x, LinearOp())
+
+    def apply_op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.linear(x, weight, bias)
 
     def float_weight(self) -> tuple[Tensor, Tensor | None]:
         return self.weight, self.bias
@@ -141,6 +174,16 @@ class QuantLinear(QuantLayer):
     def deploy_shell(self) -> nn.Linear:
         out_features, in_features = self.weight.shape
         return nn.Linear(in_features, out_features, bias=self.bias is not None)
+
+
+def set_recompute(model: nn.Module, enabled: bool = True) -> int:
+    """Recompute the quantized operands of every quantized conv and linear in backward
+    instead of storing them (as timm's ``set_grad_checkpointing``, memory for time);
+    returns how many layers it set."""
+    layers = [m for m in model.modules() if isinstance(m, QuantConv2d | QuantLinear)]
+    for layer in layers:
+        layer.recompute = enabled
+    return len(layers)
 
 
 def wrap_quantized(

@@ -39,28 +39,48 @@ class LSQFunction(torch.autograd.Function):
     def forward(ctx, x: Tensor, step: Tensor, qmin: int, qmax: int, grad_factor: float) -> Tensor:
         ctx.save_for_backward(x, step)
         ctx.bounds = (qmin, qmax, grad_factor)
-        out = torch.empty_like(x, dtype=torch.result_type(x, step))
-        for x_part, out_part, step_part in _parts(step, _chunkable(step, x, out), x, out):
-            torch.div(x_part, step_part, out=out_part).round_().clamp_(qmin, qmax)
-            out_part.mul_(step_part)
-        return out
+        return fake_quantize(x, step, qmin, qmax)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, step = ctx.saved_tensors
-        qmin, qmax, grad_factor = ctx.bounds
-        grad_x = torch.empty_like(grad)
-        chunked = _chunkable(step, x, grad, grad_x)
-        scratch = _scratch(x, step, chunked)
-        sums = [
-            _gradients_into(x_part, g_part, step_part, qmin, qmax, gx_part, *scratch(x_part))
-            for x_part, g_part, gx_part, step_part in _parts(step, chunked, x, grad, grad_x)
-        ]
-        grad_step = None
-        if ctx.needs_input_grad[1]:
-            total = torch.cat(sums) if len(sums) > 1 and step.numel() > 1 else sum(sums)
-            grad_step = total.reshape(step.shape).mul_(grad_factor).to(step.dtype)
-        return grad_x.to(x.dtype), grad_step, None, None, None
+        grad_x, grad_step = lsq_gradients(x, grad, step, *ctx.bounds, ctx.needs_input_grad[1])
+        return grad_x, grad_step, None, None, None
+
+
+def fake_quantize(x: Tensor, step: Tensor, qmin: int, qmax: int) -> Tensor:
+    """``clamp(round(x / step), qmin, qmax) * step`` (LSQ's forward), in chunks on the
+    CPU."""
+    out = torch.empty_like(x, dtype=torch.result_type(x, step))
+    for x_part, out_part, step_part in _parts(step, _chunkable(step, x, out), x, out):
+        torch.div(x_part, step_part, out=out_part).round_().clamp_(qmin, qmax)
+        out_part.mul_(step_part)
+    return out
+
+
+def lsq_gradients(
+    x: Tensor,
+    grad: Tensor,
+    step: Tensor,
+    qmin: int,
+    qmax: int,
+    grad_factor: float,
+    step_grad: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    """LSQ's backward: ``(d L / d x, d L / d step)`` from ``grad = d L / d out`` (the
+    step's gradient scaled by ``grad_factor``; None unless ``step_grad``)."""
+    grad_x = torch.empty_like(grad)
+    chunked = _chunkable(step, x, grad, grad_x)
+    scratch = _scratch(x, step, chunked)
+    sums = [
+        _gradients_into(x_part, g_part, step_part, qmin, qmax, gx_part, *scratch(x_part))
+        for x_part, g_part, gx_part, step_part in _parts(step, chunked, x, grad, grad_x)
+    ]
+    grad_step = None
+    if step_grad:
+        total = torch.cat(sums) if len(sums) > 1 and step.numel() > 1 else sum(sums)
+        grad_step = total.reshape(step.shape).mul_(grad_factor).to(step.dtype)
+    return grad_x.to(x.dtype), grad_step
 
 
 def _chunkable(step: Tensor, *tensors: Tensor) -> bool:
@@ -237,14 +257,21 @@ class LSQQuantizer(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.enabled:
-            return x
-        if self._estimates is not None:
+        if self.enabled and self._estimates is not None:
             return self._observe(x)
+        args = self.lsq_args(x)
+        return x if args is None else lsq_fake_quantize(x, *args)
+
+    def lsq_args(self, x: Tensor) -> tuple[Tensor, int, int, float] | None:
+        """What :meth:`forward` quantizes ``x`` with: ``(step shaped for x, qmin, qmax,
+        grad_factor)``, the step initialised from ``x`` if it was not; None where forward
+        returns ``x`` as it is (disabled or calibrating)."""
+        if not self.enabled or self._estimates is not None:
+            return None
         if not self._ready and x.numel():  # an empty tensor has no statistics to learn from
             self.initialize(x)
         grad_factor = 1.0 / math.sqrt(self._elements_per_step(x) * self.qmax)
-        return lsq_fake_quantize(x, self._shaped_step(x), self.qmin, self.qmax, grad_factor)
+        return self._shaped_step(x), self.qmin, self.qmax, grad_factor
 
     @torch.no_grad()
     def integers(self, x: Tensor, clamp: bool = True) -> Tensor:
