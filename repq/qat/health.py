@@ -84,11 +84,12 @@ def input_sqnr(model: nn.Module, batch: Tensor) -> dict[str, float]:
     hooks = []
     for name, layer in quant_layers(model):
 
-        def record(module, inputs, output, name=name) -> None:
-            (x,) = inputs
-            sums[name] = [float(x.float().square().sum()), float((output - x).square().sum())]
+        def record(module, inputs, name=name) -> None:
+            (x,) = inputs  # what the layer quantizes: its quantizer's output is computed
+            error = module.input_quant(x) - x  # here, as a fused layer never calls it
+            sums[name] = [float(x.float().square().sum()), float(error.square().sum())]
 
-        hooks.append(layer.input_quant.register_forward_hook(record))
+        hooks.append(layer.register_forward_pre_hook(record))
     training = model.training
     try:
         model.eval()(batch)
