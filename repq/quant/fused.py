@@ -5,8 +5,8 @@ The separate path (:class:`~repq.quant.lsq.LSQFunction` on each operand, then th
 keeps four tensors for backward: ``x`` and ``W`` for the two LSQ backwards, and
 ``Q_a(x)`` and ``Q_w(W)`` for the conv's. Here backward recomputes ``Q_a(x)`` and
 ``Q_w(W)`` from ``x`` and ``W`` (one elementwise pass each), so the quantized
-activation is not stored beside the float one. Outputs are bit-equal to the separate
-path, gradients equal up to the order of sums (``tests/test_fused.py``).
+activation is not stored beside the float one. Outputs and gradients are bit-equal to
+the separate path (``tests/test_fused.py``).
 """
 
 from __future__ import annotations
@@ -18,9 +18,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from repq.quant.lsq import fake_quantize, lsq_gradients
-
-Bounds = tuple[int, int, float]
-"""``(qmin, qmax, grad_factor)`` of one LSQ quantizer."""
 
 
 @dataclass(frozen=True)
