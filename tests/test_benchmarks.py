@@ -93,3 +93,25 @@ def test_a_failing_variant_is_dropped_and_named_but_merged_must_run():
     assert failed == {"torch_ao": "RuntimeError: no kernel for Double"}
     with pytest.raises(RuntimeError, match="no kernel"):
         warm_up({"merged": bad}, 1)
+
+
+def test_input_pipeline_writes_rates_per_core_with_their_spread(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "input_pipeline.py"), "--rounds", "2", "--images", "4"]
+        + ["--seedings", "10"]
+        + ["--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "input-pipeline.json").read_text())
+    rates = result["images_per_second_per_core"]
+    assert list(rates) == ["PIL + transforms v1", "torchvision.io + v2"]
+    for spread in rates.values():
+        assert 0 < spread["min"] <= spread["median"] <= spread["max"]
+    assert result["speed_vs_v1"]["PIL + transforms v1"] == 1.0
+    table = (tmp_path / "input-pipeline.md").read_text()
+    v2 = rates["torchvision.io + v2"]
+    assert f"| torchvision.io + v2 | {v2['median']:.0f} | {v2['min']:.0f} |" in table
+    assert set(result["seeding_us_per_sample"]) == {"torch.manual_seed", "cpu_rng_seeded"}

@@ -62,3 +62,26 @@ def test_qat_trains_in_fp32_by_default_so_codes_times_steps_reach_the_conv_exact
     reference = deploy.double()(x.double())
     out = deploy.float().cuda()(x.cuda())
     assert rel_err(out.double().cpu(), reference) < 1e-5
+
+
+@cuda
+def test_device_decoding_on_cuda_matches_the_workers_batches(mini_data, tmp_path):
+    """nvJPEG and the CUDA resampling against the CPU path, same seeds: the same crops and
+    flips, pixels within a few levels (JPEG decoders differ in their IDCT rounding)."""
+    from PIL import Image
+
+    from repq.data.classification import image_folder, seeded_split
+
+    for path in sorted((mini_data / "cls" / "train").rglob("*.png"))[::4]:
+        target = tmp_path / path.parent.name / path.with_suffix(".jpg").name
+        target.parent.mkdir(exist_ok=True)
+        Image.open(path).save(target, quality=90)
+    folder = image_folder(tmp_path, True, 24, 28, verify_images=False, crop_scale=(0.35, 1.0))
+    workers, device = seeded_split(folder, "workers"), seeded_split(folder, "device")
+    keys = [(i, 7 * i + 1) for i in range(len(folder))]
+    expected = torch.stack([workers[k][0] for k in keys])
+    batch, _ = device.collate([device[k] for k in keys])
+    decoded = batch.to("cuda")
+    assert decoded.is_cuda and decoded.shape == expected.shape
+    difference = (decoded.cpu() - expected).abs()
+    assert difference.mean() < 0.02 and difference.max() < 0.5

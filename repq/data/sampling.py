@@ -7,6 +7,7 @@ whether the job was resumed, and (sharded by rank) whatever the number of proces
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import torch
@@ -61,6 +62,21 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return len(range(self.rank, self.total, self.world))
 
 
+@contextlib.contextmanager
+def cpu_rng_seeded(seed: int) -> Iterator[None]:
+    """Torch's CPU generator seeded with ``seed`` inside the block, its state restored
+    after. Not ``torch.manual_seed``: without CUDA initialised, each call also queues a
+    CUDA, XPU and MTIA seeding with a formatted stack trace (``benchmarks/input_pipeline.py``
+    measures the cost per sample)."""
+    generator = torch.default_generator
+    state = generator.get_state()
+    generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        generator.set_state(state)
+
+
 class Seeded(Dataset):
     """Wraps a dataset whose transforms draw from torch's global RNG: each item is
     produced under its own seed, in a forked RNG state."""
@@ -73,6 +89,20 @@ class Seeded(Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         index, seed = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with cpu_rng_seeded(seed):
             return self.dataset[index]
+
+
+class FixedSeed(Dataset):
+    """An ``(index, seed)``-keyed dataset read by index alone, at seed 0 (evaluation data
+    are not augmented)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.collate = getattr(dataset, "collate", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset[index, 0]

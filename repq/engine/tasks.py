@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from repq.data.sampling import Seeded
+from repq.data.sampling import FixedSeed
 from repq.data.superres import SRTestSet, SRTrainSet
 from repq.engine.metrics import min_sr_side, psnr_y, ssim_y, top1_correct
 from repq.errors import ConfigError, DataError
@@ -88,8 +88,13 @@ class ClassificationTask(Task):
             crop_scale=tuple(self.data.get("crop_scale", CROP_SCALE)),
         )
 
+    def _split(self, folder) -> Dataset:
+        from repq.data.classification import seeded_split
+
+        return seeded_split(folder, self.data.get("decode", "workers"))
+
     def train_set(self) -> Dataset:
-        return Seeded(self._train)
+        return self._split(self._train)
 
     @staticmethod
     def example_input(config: dict) -> torch.Tensor:
@@ -102,10 +107,12 @@ class ClassificationTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        val = FixedSeed(self._split(self._val))
         loader = DataLoader(
-            self._val,
+            val,
             batch_size=self.config["train"]["batch_size"],
             num_workers=self.data.get("workers", 0),
+            collate_fn=val.collate,
         )
         correct = torch.zeros((), dtype=torch.long, device=device)
         total = 0

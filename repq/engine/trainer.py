@@ -166,6 +166,7 @@ class Trainer:
             pin_memory=self.cuda,
             persistent_workers=workers > 0,
             drop_last=True,
+            collate_fn=getattr(dataset, "collate", None),
         )
         if len(loader) == 0:
             raise ConfigError(
