@@ -1,8 +1,8 @@
 """ImageNet-style classification from an ImageFolder tree (``train/``, ``val/``).
 
 Images are decoded by ``torchvision.io`` to uint8 tensors and augmented by ``transforms.v2``
-on uint8 (resampling before the float conversion): about twice PIL with ``transforms`` v1
-per core (``benchmarks/input_pipeline.py``). With ``data.decode: device`` the loader only
+on uint8 (resampling before the float conversion): 1.46x the images per core of PIL with
+``transforms`` v1 (``benchmarks/input_pipeline.py``). With ``data.decode: device`` the loader only
 reads the files and each batch is decoded on the training device (nvJPEG on CUDA), under
 the same per-sample seeds, so a GPU job needs fewer CPU cores.
 """
