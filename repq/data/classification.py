@@ -113,7 +113,6 @@ class EncodedFolder(Dataset):
 
     def __init__(self, folder: ImageFolder) -> None:
         self.folder = folder
-        self.classes = folder.classes
 
     def __len__(self) -> int:
         return len(self.folder)
