@@ -119,6 +119,49 @@ def test_evaluation_data_decoded_on_the_device_batch_as_in_the_workers(mini_data
     assert labels.tolist() == [val[i][1] for i in range(8)]
 
 
+def test_cached_images_give_the_items_read_from_disk(mini_data):
+    """``data.cache``: the same augmented items as reading each file every time, also on
+    the second pass, when every image comes from memory (the transforms leave the kept
+    image alone)."""
+    root = mini_data / "cls" / "train"
+    plain = seeded_split(image_folder(root, True, SIZE, RESIZE, False, SCALE), "workers")
+    cached = seeded_split(
+        image_folder(root, True, SIZE, RESIZE, False, SCALE, cache=True), "workers"
+    )
+    keys = [(i, 7 * i + 1) for i in range(0, len(plain), 5)]
+    for _ in range(2):
+        for key in keys:
+            assert torch.equal(cached[key][0], plain[key][0])
+
+
+def test_cached_evaluation_batches_are_kept_and_equal_the_read_ones(tmp_path):
+    """The second evaluation under ``data.cache`` reads no file (the split is gone from
+    disk by then) and gives the top-1 of an uncached evaluation."""
+    from repq.config import load_config
+    from repq.data.mini import MiniSpec, write_mini
+    from repq.engine.tasks import make_task
+    from repq.models import create
+
+    write_mini(tmp_path / "mini", MiniSpec(train_per_class=2, val_per_class=6, image_size=32))
+    base = load_config(RECIPES / "repvgg_a0.yaml", cls_overrides(tmp_path / "mini"))
+    plain = make_task(base, train=False)
+    cached = make_task({**base, "data": {**base["data"], "cache": True}}, train=False)
+    torch.manual_seed(0)
+    model = create("repvgg_a0", num_classes=12, width_mult=0.25).eval()
+    expected = plain.evaluate(model, torch.device("cpu"))
+    assert cached.evaluate(model, torch.device("cpu")) == expected
+    (tmp_path / "mini" / "cls" / "val").rename(tmp_path / "moved")
+    assert cached.evaluate(model, torch.device("cpu")) == expected
+    with pytest.raises((DataError, FileNotFoundError, RuntimeError)):
+        plain.evaluate(model, torch.device("cpu"))
+
+
+def test_caching_and_decoding_on_the_device_is_a_config_error(mini_data):
+    val = image_folder(mini_data / "cls" / "val", False, SIZE, RESIZE, verify_images=False)
+    with pytest.raises(ConfigError, match=r"data\.cache .* data\.decode: device"):
+        seeded_split(val, "device", cache=True)
+
+
 def test_an_undecodable_file_names_itself(tmp_path):
     path = tmp_path / "broken.jpg"
     path.write_bytes(b"\xff\xd8 not a jpeg")

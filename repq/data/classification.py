@@ -4,7 +4,9 @@ Images are decoded by ``torchvision.io`` to uint8 tensors and augmented by ``tra
 on uint8 (resampling before the float conversion): 1.46x the images per core of PIL with
 ``transforms`` v1 (``benchmarks/input_pipeline.py``). With ``data.decode: device`` the loader only
 reads the files and each batch is decoded on the training device (nvJPEG on CUDA), under
-the same per-sample seeds, so a GPU job needs fewer CPU cores.
+the same per-sample seeds, so a GPU job needs fewer CPU cores. With ``data.cache`` a
+small dataset (the mini benchmark) is read and decoded once per process and its
+evaluation split is transformed once (``benchmarks/input_pipeline.py --cache``).
 """
 
 from __future__ import annotations
@@ -88,6 +90,20 @@ def decode_batch(encoded: Sequence[torch.Tensor], device: torch.device) -> list[
     return images
 
 
+class MemoizedReader:
+    """:func:`read_image` that keeps each decoded image in memory (``data.cache``); the
+    transforms make new tensors, so the kept image is never changed."""
+
+    def __init__(self) -> None:
+        self._images: dict[str, torch.Tensor] = {}
+
+    def __call__(self, path: str) -> torch.Tensor:
+        image = self._images.get(path)
+        if image is None:
+            image = self._images[path] = read_image(path)
+        return image
+
+
 @dataclass
 class EncodedBatch:
     """A batch of still-encoded images with the seed of each sample's augmentation;
@@ -152,19 +168,27 @@ def image_folder(
     resize: int,
     verify_images: bool = True,
     crop_scale: tuple[float, float] = CROP_SCALE,
+    cache: bool = False,
 ) -> ImageFolder:
-    """A checked ImageFolder with the train or the eval transform."""
+    """A checked ImageFolder with the train or the eval transform (decoded images kept in
+    memory if ``cache``)."""
     root = Path(root)
     check_image_folder(root, verify_images)
     if train:
         transform = train_transform(image_size, crop_scale)
     else:
         transform = eval_transform(image_size, resize)
-    return ImageFolder(str(root), transform=transform, loader=read_image)
+    loader = MemoizedReader() if cache else read_image
+    return ImageFolder(str(root), transform=transform, loader=loader)
 
 
-def seeded_split(folder: ImageFolder, decode: str) -> Dataset:
+def seeded_split(folder: ImageFolder, decode: str, cache: bool = False) -> Dataset:
     """A split keyed by ``(index, seed)``, decoded in the workers or on the device."""
     if decode not in DECODE_WHERE:
         raise ConfigError(f"data.decode is {decode!r}; expected one of {', '.join(DECODE_WHERE)}")
+    if cache and decode == "device":
+        raise ConfigError(
+            "data.cache keeps decoded images on the CPU and data.decode: device decodes "
+            "each batch on the device: set one of them"
+        )
     return EncodedFolder(folder) if decode == "device" else Seeded(folder)

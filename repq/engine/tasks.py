@@ -64,6 +64,8 @@ class ClassificationTask(Task):
     def __init__(self, config: dict, train: bool = True) -> None:
         super().__init__(config, train)
         root = Path(self.data.get("root", ""))
+        self.cache = bool(self.data.get("cache", False))
+        self._val_batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._train = self._folder(root / "train", True) if train else None  # checked
         self._val = self._folder(root / "val", False)
         classes = self._val.classes
@@ -86,12 +88,13 @@ class ClassificationTask(Task):
             self.data.get("resize", round(size * 256 / 224)),
             verify_images=self.data.get("verify_images", True),
             crop_scale=tuple(self.data.get("crop_scale", CROP_SCALE)),
+            cache=self.cache,
         )
 
     def _split(self, folder) -> Dataset:
         from repq.data.classification import seeded_split
 
-        return seeded_split(folder, self.data.get("decode", "workers"))
+        return seeded_split(folder, self.data.get("decode", "workers"), self.cache)
 
     def train_set(self) -> Dataset:
         return self._split(self._train)
@@ -105,18 +108,29 @@ class ClassificationTask(Task):
         smoothing = self.config["train"].get("label_smoothing", 0.0)
         return F.cross_entropy(output, target, label_smoothing=smoothing)
 
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+    def _val_loader(self) -> DataLoader:
         val = FixedSeed(self._split(self._val))
-        loader = DataLoader(
+        return DataLoader(
             val,
             batch_size=self.config["train"]["batch_size"],
             num_workers=self.data.get("workers", 0),
             collate_fn=val.collate,
         )
+
+    def _val_data(self):
+        """The validation batches; under ``data.cache`` made once and kept (the eval
+        transform is deterministic)."""
+        if not self.cache:
+            return self._val_loader()
+        if self._val_batches is None:
+            self._val_batches = list(self._val_loader())
+        return self._val_batches
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         correct = torch.zeros((), dtype=torch.long, device=device)
         total = 0
-        for images, target in loader:
+        for images, target in self._val_data():
             logits = model(images.to(device, non_blocking=True))
             correct += top1_correct(logits, target.to(device))
             total += target.numel()
