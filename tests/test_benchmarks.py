@@ -115,3 +115,26 @@ def test_input_pipeline_writes_rates_per_core_with_their_spread(tmp_path):
     v2 = rates["torchvision.io + v2"]
     assert f"| torchvision.io + v2 | {v2['median']:.0f} | {v2['min']:.0f} |" in table
     assert set(result["seeding_us_per_sample"]) == {"torch.manual_seed", "cpu_rng_seeded"}
+
+
+def test_mini_epoch_times_both_pipelines_with_their_spread(tmp_path):
+    args = ["--rounds", "2", "--train-per-class", "6", "--val-per-class", "2"]
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "mini_epoch.py"), *args, "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "mini-epoch.json").read_text())
+    assert result["images"] == {"train": 72, "val": 24}
+    assert list(result["seconds"]) == ["read every epoch", "data.cache"]
+    for parts in result["seconds"].values():
+        assert list(parts) == ["train", "validate", "epoch"]
+        for s in parts.values():
+            assert 0 < s["min"] <= s["median"] <= s["max"]
+    ratio = result["epoch_time_cached_vs_read"]
+    assert ratio["min"] <= ratio["median"] <= ratio["max"]
+    cached = result["seconds"]["data.cache"]["epoch"]
+    table = (tmp_path / "mini-epoch.md").read_text()
+    assert "| data.cache | " in table and f"{cached['median']:.2f} (" in table

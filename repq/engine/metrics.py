@@ -18,11 +18,6 @@ def min_sr_side(scale: int) -> int:
     return SSIM_WINDOW + 2 * scale
 
 
-def top1_correct(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Number of samples whose arg-max class is the target (a 0-d tensor, no sync)."""
-    return (logits.argmax(dim=1) == target).sum()
-
-
 def _crop(image: torch.Tensor, border: int) -> np.ndarray:
     array = image.detach().float().cpu().squeeze().numpy().astype(np.float64)
     return array[border:-border, border:-border] if border > 0 else array

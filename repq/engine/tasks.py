@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from repq.data.sampling import FixedSeed
 from repq.data.superres import SRTestSet, SRTrainSet
-from repq.engine.metrics import min_sr_side, psnr_y, ssim_y, top1_correct
+from repq.engine.metrics import min_sr_side, psnr_y, ssim_y
 from repq.errors import ConfigError, DataError
 from repq.vocab import TASKS
 
@@ -127,14 +127,18 @@ class ClassificationTask(Task):
         return self._val_batches
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        total = 0
+    def predict(self, model: nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The arg-max class and the label of every validation image, in the split's
+        order (on ``device``)."""
+        predicted, labels = [], []
         for images, target in self._val_data():
-            logits = model(images.to(device, non_blocking=True))
-            correct += top1_correct(logits, target.to(device))
-            total += target.numel()
-        return {self.primary: 100.0 * correct.item() / total}
+            predicted.append(model(images.to(device, non_blocking=True)).argmax(dim=1))
+            labels.append(target.to(device))
+        return torch.cat(predicted), torch.cat(labels)
+
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        predicted, labels = self.predict(model, device)
+        return {self.primary: 100.0 * (predicted == labels).sum().item() / labels.numel()}
 
 
 class SuperResTask(Task):

@@ -6,6 +6,14 @@ folded with statistics of the current batch: measured by running the branch's fl
 conv once (RepQ-BN, Algorithm 1; block ``norm_mode == "batch"``) or estimated from
 the input's moments and the kernel (RepQ-BNest, S3/S8; ``norm_mode == "estimate"``).
 In eval mode the running statistics give exactly the deploy kernel.
+
+The statistics are those of the block's float input, before its activation quantizer:
+the FP network's BN statistics, as in the FP stage. A 4-bit per-tensor input step can
+round every value of a small channel to 0; measured on the quantized input, that
+channel's identity-branch variance is 0, the fold scales it by ``gamma / sqrt(eps)``
+(about 300x its FP scale) and the gradients through the batch mean grow by that factor
+per block (RepVGG-A0, mini benchmark: 1e9 at the first 4-bit RepQ-BNest step, steps
+driven negative, the model at chance; README, Results).
 """
 
 from __future__ import annotations
@@ -35,8 +43,9 @@ class RepQConv(QuantLayer):
         return EstimatedStats(x) if self.block.norm_mode == "estimate" else BatchStats(x)
 
     def forward(self, x: Tensor) -> Tensor:
+        stats = self._stats(x)  # of the float input (module docstring)
         x = self.input_quant(x)
-        kernel, bias = self.block.kernel_bias(self._stats(x))
+        kernel, bias = self.block.kernel_bias(stats)
         kernel = self.weight_quant(kernel)
         return self.apply_op(x, kernel, self.forward_bias(bias))
 
