@@ -138,3 +138,15 @@ def test_mini_epoch_times_both_pipelines_with_their_spread(tmp_path):
     cached = result["seconds"]["data.cache"]["epoch"]
     table = (tmp_path / "mini-epoch.md").read_text()
     assert "| data.cache | " in table and f"{cached['median']:.2f} (" in table
+
+
+def test_eval_noise_pairs_images_and_gives_the_standard_error_by_hand():
+    sys.path.insert(0, str(BENCHMARKS))
+    from eval_noise import paired_difference
+
+    a = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    b = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+    # per image a - b: 0, 1, 0, -1, 1; mean 0.2; sample sd sqrt(0.7); n 5
+    difference, error = paired_difference(a, b)
+    assert difference == pytest.approx(20.0)
+    assert error == pytest.approx(100 * 0.7**0.5 / 5**0.5)
