@@ -6,7 +6,7 @@ on uint8 (resampling before the float conversion): 1.46x the images per core of 
 reads the files and each batch is decoded on the training device (nvJPEG on CUDA), under
 the same per-sample seeds, so a GPU job needs fewer CPU cores. With ``data.cache`` a
 small dataset (the mini benchmark) is read and decoded once per process and its
-evaluation split is transformed once (``benchmarks/input_pipeline.py --cache``).
+evaluation split is transformed once (``benchmarks/mini_epoch.py``).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ the FP network's BN statistics, as in the FP stage. A 4-bit per-tensor input ste
 round every value of a small channel to 0; measured on the quantized input, that
 channel's identity-branch variance is 0, the fold scales it by ``gamma / sqrt(eps)``
 (about 300x its FP scale) and the gradients through the batch mean grow by that factor
-per block (RepVGG-A0, mini benchmark: 1e9 at the first 4-bit RepQ-BNest step, steps
+per block (RepVGG-A0, mini benchmark: 7e9 at the first 4-bit RepQ-BNest step, steps
 driven negative, the model at chance; README, Results).
 """
 
