@@ -17,8 +17,10 @@ def write_run(
     data: dict | None = None,
     seed: int = 0,
     train: dict | None = None,
+    per_item: dict[str, list[float]] | None = None,
 ) -> Path:
-    """Add one evaluated run as the workflow writes it; returns its folder."""
+    """Add one evaluated run as the workflow writes it (``per_item``: its values per
+    validation item, as ``repq evaluate`` writes them); returns its folder."""
     seeded = runs / experiment / f"seed{seed}"
     folder = seeded / stage
     folder.mkdir(parents=True, exist_ok=True)
@@ -32,6 +34,8 @@ def write_run(
     evaluation = seeded / "evaluation.json"
     content = json.loads(evaluation.read_text()) if evaluation.exists() else {"results": []}
     entry = {"task": task, "model": model, "stage": stage, "metrics": metrics}
+    if per_item is not None:
+        entry["per_item"] = per_item
     content["results"].append(entry)
     evaluation.write_text(json.dumps(content))
     return folder

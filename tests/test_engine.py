@@ -48,6 +48,10 @@ def _chain(recipe: str, overrides: list[str], tmp: Path, methods: list[str]) -> 
         results[method] = _train(recipe, overrides, out, *qat)
         evaluated = _evaluate(recipe, overrides, out)
         assert evaluated["metrics"] == pytest.approx(results[method]["metrics"])
+        per_item = evaluated["per_item"]  # the claims' item error: one value an item
+        assert set(per_item) == set(evaluated["metrics"])
+        for key, items in per_item.items():
+            assert sum(items) / len(items) == pytest.approx(evaluated["metrics"][key])
     return results
 
 

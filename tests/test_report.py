@@ -122,6 +122,46 @@ def test_interval_arithmetic_against_hand_computed_values():
     assert math.isnan(Interval(()).mean) and math.isnan(Interval((5.0,)).half_width)
 
 
+def test_the_interval_adds_the_error_of_the_finite_item_set():
+    # seeds (1, 2, 3): s^2/n = 1/3; items (0, 4, 2, 2): s^2 = 8/3, s^2/N = 2/3; se^2 = 1
+    # df = 1 / ((1/3)^2 / 2 + (2/3)^2 / 3) = 54/11; t(0.975, 54/11) = 2.584966
+    interval = Interval((1.0, 2.0, 3.0), (0.0, 4.0, 2.0, 2.0))
+    assert interval.mean == 2.0
+    assert interval.half_width == pytest.approx(2.584966, rel=1e-6)
+    # seeds that agree leave the items' error alone: se = sqrt(2/3), df = N - 1 = 3
+    level = Interval((2.0, 2.0, 2.0), (0.0, 4.0, 2.0, 2.0))
+    assert level.half_width == pytest.approx(3.182446 * math.sqrt(2 / 3), rel=1e-6)
+    # the same seeds resolve the claim without the items and leave it open with them
+    assert Interval((0.5, 0.6, 0.7)).verdict(better, 1.0) == HOLDS
+    assert Interval((0.5, 0.6, 0.7), (-3.0, 4.8, 0.0, 0.6)).verdict(better, 1.0) == NOT_RESOLVED
+
+
+def test_claims_pair_items_seed_by_seed_and_average_them_over_seeds(tmp_path):
+    per_seed = {  # seed -> (FP items, 8-bit RepQ items): top-1 per image
+        0: ([100.0, 0.0, 100.0, 100.0], [100.0, 0.0, 0.0, 100.0]),
+        1: ([100.0, 100.0, 0.0, 100.0], [100.0, 100.0, 0.0, 0.0]),
+    }
+    for seed, (fp, repq) in per_seed.items():
+        for stage, items in (("fp", fp), ("qat-repq-8", repq)):
+            top1 = {"top1": sum(items) / len(items)}
+            write_run(tmp_path, "a0", stage, top1, seed=seed, per_item={"top1": items})
+    (row,) = claims_table(tmp_path, collect(tmp_path)).to_dict("records")
+    # seeds: (-25, -25), no spread; items averaged over seeds: (0, 0, -50, -50)
+    # s^2 = 2500/3 over N = 4, df 3: half width t(0.975, 3) * sqrt(2500/12)
+    assert row["n"] == 2 and row["items"] == 4 and row["mean"] == pytest.approx(-25.0)
+    half = 3.182446 * math.sqrt(2500 / 12)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((-25 - half, -25 + half), rel=1e-6)
+
+
+def test_claims_ignore_items_that_do_not_pair(tmp_path):
+    for seed, count in ((0, 3), (1, 4)):  # the two seeds' item sets differ in size
+        for stage, value in (("fp", 50.0 + seed), ("qat-repq-8", 49.0 + seed)):
+            items = [value] * count
+            write_run(tmp_path, "a0", stage, {"top1": value}, seed=seed, per_item={"top1": items})
+    (row,) = claims_table(tmp_path, collect(tmp_path)).to_dict("records")
+    assert row["items"] == 0 and row["ci_low"] == row["ci_high"] == -1.0
+
+
 def test_two_seeds_resolve_and_the_verdict_uses_both_ends():
     # mean 2.1, s = 0.1414, t(0.975, 1) = 12.7062: [0.83, 3.37]
     assert Interval((2.0, 2.2)).verdict(better, 1.0) == HOLDS
@@ -309,7 +349,8 @@ def test_no_claim_gives_an_empty_table_with_the_columns(tmp_path):
     table = claims_table(tmp_path, collect(tmp_path))
     assert table.empty
     assert list(table.columns) == [
-        *("claim", "model", "difference", "metric", "n", "mean", "ci_low", "ci_high", "verdict")
+        *("claim", "model", "difference", "metric", "n", "items", "mean", "ci_low", "ci_high"),
+        "verdict",
     ]
 
 
@@ -321,6 +362,7 @@ def test_the_claims_markdown(tmp_path):
             "difference": "a - b",
             "metric": "top1",
             "n": 3,
+            "items": 1200,
             "mean": 1.234,
             "ci_low": 0.5,
             "ci_high": 1.968,
@@ -332,6 +374,7 @@ def test_the_claims_markdown(tmp_path):
             "difference": "a - c",
             "metric": "top1",
             "n": 1,
+            "items": 0,
             "mean": -0.5,
             "ci_low": math.nan,
             "ci_high": math.nan,
@@ -339,10 +382,10 @@ def test_the_claims_markdown(tmp_path):
         },
     ]
     assert claims_markdown(pd.DataFrame(rows)) == (
-        "| claim | model | difference (metric) | n | mean | 95% CI | verdict |\n"
-        "|---|---|---|---|---|---|---|\n"
-        "| c1 | M | a - b (top1) | 3 | +1.23 | [+0.50, +1.97] | **holds** |\n"
-        "| c2 | M | a - c (top1) | 1 | -0.50 | — | **not resolved** |\n"
+        "| claim | model | difference (metric) | seeds | items | mean | 95% CI | verdict |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+        "| c1 | M | a - b (top1) | 3 | 1200 | +1.23 | [+0.50, +1.97] | **holds** |\n"
+        "| c2 | M | a - c (top1) | 1 | — | -0.50 | — | **not resolved** |\n"
     )
 
 

@@ -12,7 +12,7 @@ import torch
 from repq.config import flatten
 from repq.engine.build import deploy_form, model_from_file
 from repq.engine.distributed import Context, setup
-from repq.engine.tasks import Task, make_task
+from repq.engine.tasks import Task, make_task, means
 from repq.files import atomic_write
 from repq.tracking import Tracker, run_tags
 
@@ -25,10 +25,11 @@ def _evaluate_one(task: Task, tracker: Tracker, ctx: Context, config: dict, path
     params = {**flatten(config), "model_file": str(path)}
     tracker.start(run_name, run_tags(content["config"], stage, "evaluate"), params)
     try:
-        metrics = task.evaluate(deploy_form(model.to(ctx.device), stage), ctx.device)
+        scores = task.scores(deploy_form(model.to(ctx.device), stage), ctx.device)
     except BaseException:
         tracker.finish("FAILED")
         raise
+    metrics = means(scores)
     tracker.log_metrics(metrics, 0)
     tracker.flush(timeout=5)  # the store's run id
     result = {
@@ -38,6 +39,7 @@ def _evaluate_one(task: Task, tracker: Tracker, ctx: Context, config: dict, path
         "stage": str(stage),
         "model_file": str(path),
         "metrics": metrics,
+        "per_item": {key: items.tolist() for key, items in scores.items()},
         "run_id": tracker.run_id,
     }
     tracker.finish()
@@ -46,8 +48,9 @@ def _evaluate_one(task: Task, tracker: Tracker, ctx: Context, config: dict, path
 
 def evaluate(config: dict, model_files: list[Path], out: Path, threads: int = 1) -> dict:
     """Evaluate every ``model.pt`` of ``model_files`` on the data of ``config``; write
-    ``out`` (JSON: ``{"results": [...], "cpu_seconds": ...}``) and log one MLflow run
-    per model. Returns what was written."""
+    ``out`` (JSON: ``{"results": [...], "cpu_seconds": ...}``; a result holds its
+    metrics and, under ``per_item``, each metric per validation or test item, which the
+    claims' intervals use) and log one MLflow run per model. Returns what was written."""
     torch.set_num_threads(max(1, threads))
     ctx = setup()
     task = make_task(config, train=False)

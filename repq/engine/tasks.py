@@ -22,6 +22,11 @@ from repq.errors import ConfigError, DataError
 from repq.vocab import TASKS
 
 
+def means(scores: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The metrics of per-item ``scores``: the mean of each."""
+    return {name: items.mean().item() for name, items in scores.items()}
+
+
 class Task(ABC):
     """Data, loss and evaluation of one kind of experiment. With ``train=False`` (an
     evaluation job) the training set is neither built nor checked."""
@@ -53,8 +58,14 @@ class Task(ABC):
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
 
     @abstractmethod
+    def scores(self, model: nn.Module, device: torch.device) -> dict[str, torch.Tensor]:
+        """Every metric of a model (already in its deploy form and eval mode), per
+        validation or test item in the data's order (float64, on the CPU): a metric is
+        the mean of its items."""
+
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """Metrics of a model (already in its deploy form and eval mode)."""
+        return means(self.scores(model, device))
 
     def is_better(self, metrics: dict[str, float], best: float | None) -> bool:
         return best is None or self.select == "last" or metrics[self.primary] > best
@@ -136,9 +147,10 @@ class ClassificationTask(Task):
             labels.append(target.to(device))
         return torch.cat(predicted), torch.cat(labels)
 
-    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+    def scores(self, model: nn.Module, device: torch.device) -> dict[str, torch.Tensor]:
+        """Top-1 per image: 100 where the arg-max is the label, else 0."""
         predicted, labels = self.predict(model, device)
-        return {self.primary: 100.0 * (predicted == labels).sum().item() / labels.numel()}
+        return {self.primary: 100.0 * (predicted == labels).cpu().double()}
 
 
 class SuperResTask(Task):
@@ -190,17 +202,18 @@ class SuperResTask(Task):
         return F.l1_loss(output, target)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        scores = {"psnr": psnr_y, "ssim": ssim_y}
-        metrics: dict[str, float] = {}
+    def scores(self, model: nn.Module, device: torch.device) -> dict[str, torch.Tensor]:
+        """PSNR and SSIM (on Y) per test image, keyed ``<metric>/<test set>``."""
+        score = {"psnr": psnr_y, "ssim": ssim_y}
+        found: dict[str, list[float]] = {}
         for name, dataset in self._tests.items():
-            sums = dict.fromkeys(self.facts.metrics, 0.0)
             for lr, hr in DataLoader(dataset, batch_size=1):
                 sr = model(lr.to(device)).float().cpu()
-                for metric in sums:
-                    sums[metric] += scores[metric](sr, hr, self.scale)
-            metrics.update({f"{m}/{name}": total / len(dataset) for m, total in sums.items()})
-        return metrics
+                for metric in self.facts.metrics:
+                    found.setdefault(f"{metric}/{name}", []).append(
+                        score[metric](sr, hr, self.scale)
+                    )
+        return {key: torch.tensor(items, dtype=torch.float64) for key, items in found.items()}
 
 
 ENGINES: dict[str, type[Task]] = {

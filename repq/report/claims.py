@@ -3,8 +3,13 @@
 Every claim compares two stages of one experiment seed by seed (paired differences,
 so the seed-to-seed spread of the FP model cancels), or one stage of two experiments
 that differ only in one hyperparameter. Over the ``n`` seeds that have both runs, the
-mean difference gets a two-sided 95% confidence interval ``mean ± t(0.975, n-1) s/√n``.
-The verdict follows from the interval alone:
+mean difference gets a two-sided 95% confidence interval ``mean ± t(0.975, df) se``.
+Where the runs were evaluated item by item on the same ``N`` validation or test items
+(``per_item`` of ``evaluation.json``), the interval counts both sources of error: the
+seeds and the finite set of items, ``se² = s²_seed / n + s²_item / N`` (``s_item``: the
+spread over the items of the per-item difference averaged over the seeds), with
+Welch-Satterthwaite degrees of freedom; otherwise ``se = s_seed / √n`` and
+``df = n - 1``. The verdict follows from the interval alone:
 
 * a claim that one is *better* holds when the interval lies above 0 and is
   contradicted when it lies below 0;
@@ -30,7 +35,15 @@ from pathlib import Path
 import pandas as pd
 from scipy.stats import t as student_t
 
-from repq.report.tables import Result, by_experiment, first, primary_metric, values
+from repq.report.tables import (
+    Result,
+    Runs,
+    by_experiment,
+    first,
+    item_values,
+    primary_metric,
+    values,
+)
 from repq.vocab import Stage
 
 HOLDS, CONTRADICTED, NOT_RESOLVED = "holds", "contradicted", "not resolved"
@@ -84,9 +97,16 @@ LR_CLAIM = "8-bit Merged is better with the lower LR"
 
 @dataclass(frozen=True)
 class Interval:
-    """Mean and two-sided 95% confidence interval of paired differences."""
+    """Mean and two-sided 95% confidence interval of a paired difference.
+
+    ``differences``: per seed. ``items``: per validation or test item, the difference
+    averaged over the seeds (empty where the runs have no per-item values). With seeds
+    and items both random, the mean's variance is ``σ²_seed/n + σ²_item/N +
+    σ²_interaction/(nN)``; the two sample variances each hold the interaction term
+    once, so their sum errs on the wide side."""
 
     differences: tuple[float, ...]
+    items: tuple[float, ...] = ()
 
     @property
     def n(self) -> int:
@@ -96,12 +116,23 @@ class Interval:
     def mean(self) -> float:
         return statistics.fmean(self.differences) if self.n else math.nan
 
+    def _components(self) -> list[tuple[float, int]]:
+        """``(variance of the mean, degrees of freedom)`` of each source of error."""
+        found = [(statistics.variance(self.differences) / self.n, self.n - 1)]
+        if len(self.items) > 1:
+            found.append((statistics.variance(self.items) / len(self.items), len(self.items) - 1))
+        return found
+
     @property
     def half_width(self) -> float:
         if self.n < 2:
             return math.nan
-        spread = statistics.stdev(self.differences) / math.sqrt(self.n)
-        return float(student_t.ppf(0.975, self.n - 1)) * spread
+        parts = [(v, df) for v, df in self._components() if v > 0]
+        variance = sum(v for v, _ in parts)
+        if variance == 0:
+            return 0.0
+        df = variance**2 / sum(v**2 / df for v, df in parts)  # Welch-Satterthwaite
+        return float(student_t.ppf(0.975, df)) * math.sqrt(variance)
 
     def verdict(self, test: Verdict, margin: float) -> str:
         if self.n < 2:
@@ -109,9 +140,26 @@ class Interval:
         return test(self.mean - self.half_width, self.mean + self.half_width, margin)
 
 
-def paired(a: dict[int, float], b: dict[int, float]) -> Interval:
-    """``a - b`` over the seeds both have."""
-    return Interval(tuple(a[s] - b[s] for s in sorted(set(a) & set(b))))
+def _item_means(a: dict[int, tuple], b: dict[int, tuple], seeds: list[int]) -> tuple:
+    """Per item, ``a - b`` averaged over ``seeds``; empty unless every seed has the same
+    number of items in both."""
+    rows = [(a.get(s, ()), b.get(s, ())) for s in seeds]
+    sizes = {len(x) for row in rows for x in row}
+    if len(sizes) != 1 or 0 in sizes:
+        return ()
+    return tuple(statistics.fmean(x[i] - y[i] for x, y in rows) for i in range(len(rows[0][0])))
+
+
+def paired(
+    a: dict[int, float],
+    b: dict[int, float],
+    a_items: dict[int, tuple] | None = None,
+    b_items: dict[int, tuple] | None = None,
+) -> Interval:
+    """``a - b`` over the seeds both have (``*_items``: seed -> per-item values)."""
+    seeds = sorted(set(a) & set(b))
+    items = _item_means(a_items or {}, b_items or {}, seeds) if seeds else ()
+    return Interval(tuple(a[s] - b[s] for s in seeds), items)
 
 
 def margin_of(task: str) -> tuple[float, str]:
@@ -121,6 +169,16 @@ def margin_of(task: str) -> tuple[float, str]:
         return math.nan, "an unset margin"
     margin, unit = MARGINS[task]
     return margin, f"{margin:g} {unit}"
+
+
+def _measured(a: tuple[Runs, Stage], b: tuple[Runs, Stage], metric: str) -> tuple:
+    """The arguments of :func:`paired` for stage ``a[1]`` of runs ``a[0]`` against ``b``."""
+    return (
+        values(*a, metric),
+        values(*b, metric),
+        item_values(*a, metric),
+        item_values(*b, metric),
+    )
 
 
 def _row(claim: str, task: str, model: str, difference: str, metric: str, test, found) -> dict:
@@ -134,6 +192,7 @@ def _row(claim: str, task: str, model: str, difference: str, metric: str, test, 
         "difference": difference,
         "metric": metric,
         "n": interval.n,
+        "items": len(interval.items),
         "mean": interval.mean,
         "ci_low": low,
         "ci_high": high,
@@ -148,7 +207,7 @@ def stage_claims(results: list[Result]) -> list[dict]:
         head = first(runs)
         metric = primary_metric(head)
         for claim in CLAIMS:
-            found = (values(runs, claim.a, metric), values(runs, claim.b, metric))
+            found = _measured((runs, claim.a), (runs, claim.b), metric)
             if paired(*found).n:
                 difference = f"{claim.a.display} - {claim.b.display}"
                 row = _row(
@@ -192,7 +251,7 @@ def lr_claims(runs: Path, results: list[Result]) -> list[dict]:
     for low, high in _lr_variants(runs, results):
         head = first(grouped[low])
         metric = primary_metric(head)
-        found = (values(grouped[low], stage, metric), values(grouped[high], stage, metric))
+        found = _measured((grouped[low], stage), (grouped[high], stage), metric)
         if paired(*found).n:
             difference = f"{low} - {high}"
             rows.append(_row(LR_CLAIM, head.task, head.label, difference, metric, better, found))
@@ -201,21 +260,21 @@ def lr_claims(runs: Path, results: list[Result]) -> list[dict]:
 
 def claims_table(runs: Path, results: list[Result]) -> pd.DataFrame:
     """One row per testable claim and model."""
-    columns = ["claim", "model", "difference", "metric", "n", "mean", "ci_low", "ci_high"]
+    columns = ["claim", "model", "difference", "metric", "n", "items", "mean", "ci_low", "ci_high"]
     rows = stage_claims(results) + lr_claims(runs, results)
     return pd.DataFrame(rows, columns=[*columns, "verdict"])
 
 
 def to_markdown(table: pd.DataFrame) -> str:
     lines = [
-        "| claim | model | difference (metric) | n | mean | 95% CI | verdict |",
-        "|---|---|---|---|---|---|---|",
+        "| claim | model | difference (metric) | seeds | items | mean | 95% CI | verdict |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for _, r in table.iterrows():
         ci = "—" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
         mean = f"{r['mean']:+.2f}"
         lines.append(
             f"| {r['claim']} | {r['model']} | {r['difference']} ({r['metric']}) | {r['n']} "
-            f"| {mean} | {ci} | **{r['verdict']}** |"
+            f"| {r['items'] or '—'} | {mean} | {ci} | **{r['verdict']}** |"
         )
     return "\n".join(lines) + "\n"

@@ -18,7 +18,7 @@ import json
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -50,6 +50,8 @@ class Result:
     model: str
     label: str
     metrics: dict[str, float]
+    per_item: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    """Each metric per validation or test item (absent from older evaluations)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ def collect(runs: Path) -> list[Result]:
                     model=config["model"]["name"],
                     label=_label(config),
                     metrics=entry["metrics"],
+                    per_item={k: tuple(v) for k, v in entry.get("per_item", {}).items()},
                 )
             )
     return results
@@ -165,6 +168,12 @@ def primary_metric(result: Result) -> str:
 def values(runs: Runs, stage: Stage, metric: str) -> dict[int, float]:
     """seed -> value of ``metric`` for one stage."""
     return {seed: r.metrics[metric] for seed, r in runs.get(str(stage), {}).items()}
+
+
+def item_values(runs: Runs, stage: Stage, metric: str) -> dict[int, tuple[float, ...]]:
+    """seed -> the per-item values of ``metric`` for one stage (seeds that have them)."""
+    found = runs.get(str(stage), {}).items()
+    return {seed: r.per_item[metric] for seed, r in found if metric in r.per_item}
 
 
 def cell(runs: Runs, stage: Stage, metric: str) -> Cell | str:
