@@ -171,20 +171,17 @@ def margin_of(task: str) -> tuple[float, str]:
     return margin, f"{margin:g} {unit}"
 
 
-def _measured(a: tuple[Runs, Stage], b: tuple[Runs, Stage], metric: str) -> tuple:
-    """The arguments of :func:`paired` for stage ``a[1]`` of runs ``a[0]`` against ``b``."""
-    return (
-        values(*a, metric),
-        values(*b, metric),
-        item_values(*a, metric),
-        item_values(*b, metric),
-    )
+def _interval(a: tuple[Runs, Stage], b: tuple[Runs, Stage], metric: str) -> Interval:
+    """:func:`paired` for stage ``a[1]`` of runs ``a[0]`` against ``b``, with items."""
+    found = (values(*a, metric), values(*b, metric))
+    return paired(*found, item_values(*a, metric), item_values(*b, metric))
 
 
-def _row(claim: str, task: str, model: str, difference: str, metric: str, test, found) -> dict:
+def _row(
+    claim: str, task: str, model: str, difference: str, metric: str, test, interval: Interval
+) -> dict:
     """One row of the claims table: the claim with its margin, the interval, the verdict."""
     margin, named = margin_of(task)
-    interval = paired(*found)
     low, high = interval.mean - interval.half_width, interval.mean + interval.half_width
     return {
         "claim": claim.format(m=named),
@@ -207,11 +204,11 @@ def stage_claims(results: list[Result]) -> list[dict]:
         head = first(runs)
         metric = primary_metric(head)
         for claim in CLAIMS:
-            found = _measured((runs, claim.a), (runs, claim.b), metric)
-            if paired(*found).n:
+            interval = _interval((runs, claim.a), (runs, claim.b), metric)
+            if interval.n:
                 difference = f"{claim.a.display} - {claim.b.display}"
                 row = _row(
-                    claim.text, head.task, head.label, difference, metric, claim.verdict, found
+                    claim.text, head.task, head.label, difference, metric, claim.verdict, interval
                 )
                 rows.append(row)
     return rows
@@ -251,10 +248,10 @@ def lr_claims(runs: Path, results: list[Result]) -> list[dict]:
     for low, high in _lr_variants(runs, results):
         head = first(grouped[low])
         metric = primary_metric(head)
-        found = _measured((grouped[low], stage), (grouped[high], stage), metric)
-        if paired(*found).n:
+        interval = _interval((grouped[low], stage), (grouped[high], stage), metric)
+        if interval.n:
             difference = f"{low} - {high}"
-            rows.append(_row(LR_CLAIM, head.task, head.label, difference, metric, better, found))
+            rows.append(_row(LR_CLAIM, head.task, head.label, difference, metric, better, interval))
     return rows
 
 
