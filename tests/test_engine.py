@@ -97,6 +97,24 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(mini_data, tmp_path):
     assert {"metrics.json", "config.json", "precision.tsv", "history.csv", "deploy.pt"} <= artifacts
 
 
+def test_val_every_validates_every_nth_and_the_last_epoch_and_selects_among_them(
+    mini_data, tmp_path
+):
+    overrides = cls_overrides(mini_data, epochs=5) + tracking_overrides(tmp_path)
+    out = tmp_path / "fp"
+    result = _train("repvgg_a0.yaml", [*overrides, "train.val_every=2"], out, "--stage", "fp")
+    history = pd.read_csv(out / "history.csv")
+    assert history["train_loss"].notna().all() and len(history) == 5
+    validated = history.dropna(subset=["top1"])
+    assert validated["epoch"].tolist() == [1, 3, 4]
+    best = validated.loc[validated["top1"].idxmax()]
+    assert (result["epoch"], result["metrics"]["top1"]) == (best["epoch"], best["top1"])
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    steps = [m.step for m in client.get_metric_history(result["run_id"], "top1")]
+    assert steps == [1, 3, 4]
+    assert len(client.get_metric_history(result["run_id"], "train_loss")) == 5
+
+
 def _train_cmd(out: Path, overrides: list[str]) -> list[str]:
     return [
         sys.executable,

@@ -335,6 +335,28 @@ def test_the_curves_plot_the_history(tmp_path, monkeypatch, trains):
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_metric_curve_joins_the_validated_epochs(tmp_path, monkeypatch):
+    """``train.val_every: 2`` leaves the metric empty on the epochs between validations;
+    a line through NaN would draw isolated points, so the curve joins the validated ones."""
+    import matplotlib.axes
+
+    from repq.report.figures import curve_figure
+
+    drawn = []
+    original = matplotlib.axes.Axes.plot
+
+    def spy(self, x, y, *args, **kwargs):
+        drawn.append((list(x), list(y)))
+        return original(self, x, y, *args, **kwargs)
+
+    (tmp_path / "history.csv").write_text(
+        "epoch,train_loss,top1\n0,2.0,\n1,1.5,20.0\n2,1.4,\n3,1.2,25.0\n"
+    )
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy)
+    curve_figure(tmp_path / "history.csv", tmp_path / "curves.png", "a0/fp", "top1")
+    assert drawn == [([0, 1, 2, 3], [2.0, 1.5, 1.4, 1.2]), ([1, 3], [20.0, 25.0])]
+
+
 def test_a_task_without_a_margin_resolves_no_margin_claim(tmp_path):
     for seed, (fp, repq) in enumerate([(50.0, 49.9), (51.0, 51.0), (52.0, 52.1)]):
         for stage, value in (("fp", fp), ("qat-repq-8", repq)):

@@ -2,9 +2,10 @@
 
 Outputs in ``out`` (written atomically, by rank 0): ``model.pt`` (the selected
 checkpoint: best validation top-1 for classification, last epoch for super-resolution,
-S1), ``deploy.pt`` (its deploy form), ``metrics.json``, ``history.csv`` and
-``precision.tsv``. The resumable checkpoint lives in ``resume_dir`` (not a declared
-output); a job started again with the same config continues from it.
+S1; validated every ``train.val_every`` epochs and at the last), ``deploy.pt`` (its
+deploy form), ``metrics.json``, ``history.csv`` and ``precision.tsv``. The resumable
+checkpoint lives in ``resume_dir`` (not a declared output); a job started again with
+the same config continues from it.
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ class Trainer:
             parameter_groups(self.model, self.train_cfg, lr, job.stage.bits), self.train_cfg
         )
         self.epochs = self.train_cfg["epochs"]
+        self.val_every = self.train_cfg.get("val_every", 1)
         self.clip_grad_norm = self.train_cfg.get("clip_grad_norm")
         self.scheduler = make_scheduler(
             self.optimizer, self.train_cfg, self.epochs, len(self.loader)
@@ -290,10 +292,15 @@ class Trainer:
         deployed = deploy_form(self.model, self.job.stage)
         return self.task.evaluate(deployed, self.ctx.device)
 
+    def _validates(self) -> bool:
+        """Whether this epoch is validated: every ``train.val_every``-th and the last (the
+        selected checkpoint is the best validated epoch)."""
+        return self.epoch == self.epochs - 1 or (self.epoch + 1) % self.val_every == 0
+
     def _record(self, train_stats: dict[str, float], metrics: dict[str, float]) -> None:
         row = {"epoch": self.epoch, **train_stats, **metrics, **step_summary(self.model)}
         self.history.append(row)
-        if self.task.is_better(metrics, self.best):
+        if metrics and self.task.is_better(metrics, self.best):
             self.best = metrics[self.task.primary]
             self.best_epoch, self.best_metrics = self.epoch, metrics
             self.best_state = copy.deepcopy(self.model.state_dict())
@@ -328,7 +335,7 @@ class Trainer:
             while self.epoch < self.epochs:
                 stats = self._train_epoch(model)
                 if self.ctx.is_main:
-                    self._record(stats, self.evaluate())
+                    self._record(stats, self.evaluate() if self._validates() else {})
                 self.epoch += 1
                 if self.ctx.is_main:
                     self._save_resume()

@@ -101,7 +101,8 @@ def curve_figure(history_csv: Path, out: Path, title: str, metric: str) -> None:
         left.plot(history["epoch"], history["train_loss"], marker="o")
     left.set_xlabel("epoch")
     left.set_ylabel("train loss")
-    right.plot(history["epoch"], history[metric], marker="o", color="tab:green")
+    validated = history.dropna(subset=[metric])  # train.val_every > 1 leaves gaps
+    right.plot(validated["epoch"], validated[metric], marker="o", color="tab:green")
     right.set_xlabel("epoch")
     right.set_ylabel(metric)
     fig.suptitle(title)
