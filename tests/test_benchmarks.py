@@ -150,3 +150,23 @@ def test_eval_noise_pairs_images_and_gives_the_standard_error_by_hand():
     difference, error = paired_difference(a, b)
     assert difference == pytest.approx(20.0)
     assert error == pytest.approx(100 * 0.7**0.5 / 5**0.5)
+
+
+def test_bn_recalibration_replaces_running_stats_by_their_plain_mean(monkeypatch):
+    """The diagnostic's re-estimation: every BN's running mean and (unbiased) variance
+    become the plain means over the batches of the per-batch statistics."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from bn_recalibration import reestimate_running_stats
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    model[1].running_mean.fill_(5.0)  # stale statistics, and a momentum to ignore
+    batches = [(torch.randn(8, 3, 6, 6) * (i + 1), None) for i in range(3)]
+    assert reestimate_running_stats(model, batches) == 1
+    with torch.no_grad():
+        outputs = [model[0](x) for x, _ in batches]
+    means = torch.stack([y.mean((0, 2, 3)) for y in outputs]).mean(0)
+    variances = torch.stack([y.var((0, 2, 3), unbiased=True) for y in outputs]).mean(0)
+    torch.testing.assert_close(model[1].running_mean, means)  # float32 rounding
+    torch.testing.assert_close(model[1].running_var, variances)
+    assert not model.training
