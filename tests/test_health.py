@@ -106,3 +106,4 @@ def test_the_csv_has_one_row_per_layer_under_the_columns():
     parsed = list(csv.DictReader(io.StringIO(health.health_csv(rows))))
     assert list(parsed[0]) == list(health.COLUMNS)
     assert float(parsed[0]["weight_clipped_end"]) == pytest.approx(CLIPPED)
+    assert "\r" not in health.health_csv(rows)  # plain newlines, as every file we write

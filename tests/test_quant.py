@@ -312,3 +312,23 @@ def test_step_gradients_do_not_depend_on_the_number_of_processes(tmp_path):
     assert one.keys() == two.keys() and any("input_quant" in k for k in one)
     for name, grad in one.items():
         assert rel_err(two[name], grad) < 1e-5, name
+
+
+def test_a_first_layer_rule_of_same_gives_the_first_layer_the_models_bits():
+    """``first="same"`` (no S1 recipe uses it) keeps the first layer at the network's
+    bits, weight and input; ``"input"`` raises only its input to ``high_bits``."""
+    from repq.quant.policy import PrecisionPolicy
+
+    same = PrecisionPolicy(first="same").layer("stem", 0, 3, 4)
+    assert (same.weight_bits, same.input_bits) == (4, 4)
+    raised = PrecisionPolicy(first="input").layer("stem", 0, 3, 4)
+    assert (raised.weight_bits, raised.input_bits) == (4, 8)
+
+
+def test_the_precision_listing_names_its_columns():
+    from repq.qat import precision_tsv
+
+    model = prepare(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1)), "merged", 4)
+    lines = precision_tsv(model).splitlines()
+    assert lines[0].split("\t") == ["layer", "weight_bits", "input_bits", "input_signed"]
+    assert len(lines) == 3

@@ -246,3 +246,20 @@ def test_the_command_line_trains_and_quantizes_a_timm_model(mini_data, tmp_path)
     model = create("timm/mobileone_s0", **SMALL_MOBILEONE)
     blocks = sum(isinstance(m, byobnet.MobileOneBlock) for m in model.modules())
     assert layers == blocks + 1  # every block one kernel, and the classifier
+
+
+def test_a_plain_copy_of_timms_batchnorm_keeps_its_momentum_and_statistics():
+    """``plain_norm`` drops timm's act/drop from ``BatchNormAct2d``; its running statistics
+    must then update as the original's would (same momentum, same tensors)."""
+    from timm.layers import BatchNormAct2d
+
+    from repq.reparam.branch_sum import plain_norm
+
+    original = BatchNormAct2d(4, momentum=0.3, apply_act=False)
+    norm = plain_norm(original)
+    assert type(norm) is nn.BatchNorm2d and norm.momentum == 0.3
+    assert norm.running_mean is original.running_mean
+    x = torch.randn(8, 4, 5, 5) + 2.0
+    norm.train()(x)
+    expected = 0.3 * x.mean((0, 2, 3))  # from zeros, one step of momentum 0.3
+    torch.testing.assert_close(original.running_mean, expected)
