@@ -332,3 +332,11 @@ def test_the_precision_listing_names_its_columns():
     lines = precision_tsv(model).splitlines()
     assert lines[0].split("\t") == ["layer", "weight_bits", "input_bits", "input_signed"]
     assert len(lines) == 3
+
+
+def test_prepare_leaves_the_float_model_as_it_was():
+    """``prepare`` works on a copy: the FP model a user passes keeps its blocks."""
+    model = create("repvgg_a0", num_classes=3, width_mult=0.25)
+    before = {name: type(m) for name, m in model.named_modules()}
+    prepare(model, "repq", 4)
+    assert {name: type(m) for name, m in model.named_modules()} == before

@@ -164,3 +164,13 @@ def test_plain_conv_bn_pairs_are_folded():
 def test_unknown_model_names_the_choices():
     with pytest.raises(ValueError, match="repvgg_a0"):
         create("vgg16")
+
+
+def test_the_ecb_identity_kernel_is_a_constant_not_state():
+    """ECB's identity kernel is rebuilt from the channel count: it is no checkpoint key
+    (a saved copy would make every checkpoint depend on it)."""
+    from repq.reparam.ecb import ECB
+
+    block = ECB(4, 4, 2.0, with_idt=True)
+    assert "id_kernel" in dict(block.named_buffers())
+    assert not any(key.endswith("id_kernel") for key in block.state_dict())
