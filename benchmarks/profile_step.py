@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.autograd.profiler_util import FunctionEvent
 from torch.profiler import ProfilerActivity, profile
-from train_step import VARIANTS, Step, build_variants, models
+from train_step import TORCH_OPS, VARIANTS, Step, build_variants, models
 
 BINS = ("conv", "quantizer", "activation", "weight", "small")
 CONV_OPS = ("convolution", "addmm", "aten::mm")
@@ -64,7 +64,7 @@ def breakdown(step: Step, batch: int, steps: int, large: int) -> dict[str, float
     totals: dict[str, float] = defaultdict(float)
     calls = 0
     for event in prof.events():
-        if not event.name.startswith("aten::"):
+        if not event.name.startswith(("aten::", "repq::")):  # repq's C++ kernels too
             continue
         totals[op_bin(event, batch, large)] += event.self_cpu_time_total
         calls += 1
@@ -101,7 +101,10 @@ def main() -> None:
         target = torch.randint(0, 1000, (args.batch,))
         if name.startswith("ecbsr"):
             target = torch.randn(args.batch, 1, shape[1] * 2, shape[2] * 2)
-        steps = {v: Step(variants[v], x, target, loss, False) for v in args.variants}
+        steps = {
+            v: Step(variants[v], x, target, loss, False, cpu_kernel_on=v not in TORCH_OPS)
+            for v in args.variants
+        }
         rows = {v: breakdown(s, args.batch, args.steps, args.large) for v, s in steps.items()}
         tables.append(markdown(f"{name} (batch {args.batch}, {args.size}x{args.size})", rows))
     text = "\n".join(tables)

@@ -34,10 +34,22 @@ from torch.profiler import ProfilerActivity, profile
 
 from repq.models import create
 from repq.qat import bnest_fp, prepare
-from repq.quant import set_recompute
+from repq.quant import cpu_kernel, set_recompute
 from repq.reparam import reparameterize
 
-VARIANTS = ("float", "float_deploy", "merged", "merged_stored", "repq", "bnest", "torch_ao")
+VARIANTS = (
+    "float",
+    "float_deploy",
+    "merged",
+    "merged_torch_ops",
+    "merged_stored",
+    "repq",
+    "bnest",
+    "bnest_torch_ops",
+    "torch_ao",
+)
+TORCH_OPS = ("merged_torch_ops", "bnest_torch_ops")
+"""Variants whose LSQ runs as torch ops (the reference) instead of the CPU kernel."""
 
 
 def models(
@@ -82,9 +94,11 @@ def build_variants(factory: Callable[[], nn.Module]) -> dict[str, nn.Module]:
         "float": model,
         "float_deploy": reparameterize(model).train(),
         "merged": prepare(model, "merged", 8).train(),
+        "merged_torch_ops": prepare(model, "merged", 8).train(),
         "merged_stored": storing(prepare(model, "merged", 8).train()),
         "repq": prepare(model, "repq", 8).train(),
         "bnest": prepare(bnest_model, "bnest", 8).train(),
+        "bnest_torch_ops": prepare(copy.deepcopy(bnest_model), "bnest", 8).train(),
         "torch_ao": torch_ao_qat(model).train(),
     }
 
@@ -93,18 +107,26 @@ class Step:
     """One training step of a model on a fixed batch."""
 
     def __init__(
-        self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, loss: str, amp: bool
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        target: torch.Tensor,
+        loss: str,
+        amp: bool,
+        cpu_kernel_on: bool = True,
     ):
         self.model, self.x, self.target, self.amp = model, x, target, amp
+        self.cpu_kernel_on = cpu_kernel_on
         self.loss = nn.functional.cross_entropy if loss == "ce" else nn.functional.l1_loss
         self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
     def __call__(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.x.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            out = self.model(self.x)
-        loss = self.loss(out.float(), self.target)
-        loss.backward()
+        with cpu_kernel.enabled(self.cpu_kernel_on):
+            with torch.autocast(self.x.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                out = self.model(self.x)
+            loss = self.loss(out.float(), self.target)
+            loss.backward()
         self.optimizer.step()
 
 
@@ -213,7 +235,10 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
         variants = {k: v.to(memory_format=torch.channels_last) for k, v in variants.items()}
     if args.compile:
         variants = {k: torch.compile(v) for k, v in variants.items()}
-    steps = {k: Step(m, x, target, loss, args.amp) for k, m in variants.items()}
+    steps = {
+        k: Step(m, x, target, loss, args.amp, cpu_kernel_on=k not in TORCH_OPS)
+        for k, m in variants.items()
+    }
     compile_s, failed = warm_up(steps, args.warmup)
     times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(args.rounds):

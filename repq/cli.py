@@ -193,6 +193,15 @@ def _add_report(sub) -> None:
     _tracking_args(tables)
 
 
+def _add_build_kernel(sub) -> None:
+    sub.add_parser(
+        "build-kernel",
+        help="build the CPU LSQ kernel now (make setup does)",
+        description="Build (or find built) the one-pass CPU kernel of LSQ's forward and "
+        "backward, showing the compiler's output; without it torch ops run instead.",
+    )
+
+
 def _add_demo_summary(sub) -> None:
     summary = sub.add_parser("demo-summary", help="say where the demo's outputs are")
     summary.add_argument(
@@ -213,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_tracking_init,
         _add_tracking_sync,
         _add_report,
+        _add_build_kernel,
         _add_demo_summary,
     ):
         add(sub)
@@ -334,6 +344,12 @@ def _demo_summary(args: argparse.Namespace) -> None:
     print(_mlflow_ui_hint(results / "tracking.ready"))
 
 
+def _build_kernel(args: argparse.Namespace) -> None:
+    from repq.quant.cpu_kernel import build_and_report
+
+    print(build_and_report())
+
+
 def _mlflow_ui_hint(marker: Path) -> str:
     """How to see the runs: the server's runs table, or ``mlflow ui`` and its URL."""
     from repq.tracking import runs_url
@@ -357,6 +373,7 @@ COMMANDS = {
     "tracking-init": _tracking_init,
     "tracking-sync": _tracking_sync,
     "report": _report,
+    "build-kernel": _build_kernel,
     "demo-summary": _demo_summary,
 }
 

@@ -19,7 +19,9 @@ driven negative, the model at chance; README, Results).
 from __future__ import annotations
 
 from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
 
+from repq.quant.fused import Conv2dOp
 from repq.quant.init import QuantInit
 from repq.quant.layers import QuantLayer
 from repq.quant.policy import LayerPrecision
@@ -43,11 +45,14 @@ class RepQConv(QuantLayer):
         return EstimatedStats(x) if self.block.norm_mode == "estimate" else BatchStats(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        stats = self._stats(x)  # of the float input (module docstring)
-        x = self.input_quant(x)
-        kernel, bias = self.block.kernel_bias(stats)
-        kernel = self.weight_quant(kernel)
-        return self.apply_op(x, kernel, self.forward_bias(bias))
+        kernel, bias = self.block.kernel_bias(self._stats(x))  # of the float input (above)
+        return self.quantized_forward(x, kernel, bias, self._op)
+
+    @property
+    def _op(self) -> Conv2dOp:
+        """The block's convolution (:meth:`ReparamBlock.apply_kernel`) for the fused path."""
+        block = self.block
+        return Conv2dOp(_pair(block.stride), _pair(block.padding), (1, 1), block.groups)
 
     def apply_op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return self.block.apply_kernel(x, weight, bias)

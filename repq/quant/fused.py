@@ -5,8 +5,11 @@ The separate path (:class:`~repq.quant.lsq.LSQFunction` on each operand, then th
 keeps four tensors for backward: ``x`` and ``W`` for the two LSQ backwards, and
 ``Q_a(x)`` and ``Q_w(W)`` for the conv's. Here backward recomputes ``Q_a(x)`` and
 ``Q_w(W)`` from ``x`` and ``W`` (one elementwise pass each), so the quantized
-activation is not stored beside the float one. Outputs and gradients are bit-equal to
-the separate path (``tests/test_fused.py``).
+activation is not stored beside the float one. Besides ``x`` and the output's
+gradient, backward holds one input-sized tensor at a time: ``Q_a(x)`` while the
+weight's gradient is computed, then the input's gradient, which LSQ's backward
+overwrites in place (the CPU kernel). Outputs and gradients are bit-equal to the separate
+path (``tests/test_fused.py``).
 """
 
 from __future__ import annotations
@@ -71,21 +74,51 @@ class QuantizedOpFunction(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight, x_step, w_step = ctx.saved_tensors
         (x_bounds, w_bounds), needs = ctx.bounds, ctx.needs_input_grad
-        x_q = fake_quantize(x, x_step, *x_bounds[:2]).to(grad.dtype)  # autocast's cast
-        w_q = fake_quantize(weight, w_step, *w_bounds[:2]).to(grad.dtype)
         mask = [needs[0] or needs[3], needs[1] or needs[4], ctx.bias_dtype is not None and needs[2]]
-        grad_xq, grad_wq, grad_b = ctx.op.backward(grad, x_q, w_q, mask)
-        del x_q, w_q  # freed before LSQ's backward allocates, as autograd frees saved ones
+        operands = ((x, x_step, x_bounds), (weight, w_step, w_bounds))
+        grad_xq, grad_wq, grad_b = _op_gradients(ctx.op, grad, *operands, mask)
         if grad_b is not None:
             grad_b = grad_b.to(ctx.bias_dtype)
         grad_x = grad_sx = grad_w = grad_sw = None
         if mask[0]:
-            grad_x, grad_sx = lsq_gradients(x, grad_xq.to(x.dtype), x_step, *x_bounds, needs[3])
+            grad_x, grad_sx = _lsq_backward(x, grad_xq, x_step, x_bounds, needs[3])
         if mask[1]:
-            grad_w, grad_sw = lsq_gradients(
-                weight, grad_wq.to(weight.dtype), w_step, *w_bounds, needs[4]
-            )
+            grad_w, grad_sw = _lsq_backward(weight, grad_wq, w_step, w_bounds, needs[4])
         return grad_x, grad_w, grad_b, grad_sx, grad_sw, None, None, None
+
+
+Operand = tuple[Tensor, Tensor, tuple]
+"""A quantized operand: ``(value, step, (qmin, qmax, grad_factor))``."""
+
+
+def _op_gradients(
+    op: Conv2dOp | LinearOp, grad: Tensor, input_: Operand, weight_: Operand, mask: list[bool]
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """``op``'s gradients at the recomputed ``Q_a(x)`` and ``Q_w(W)``. The weight's and
+    bias's come first, so that ``Q_a(x)`` is freed before the input's gradient is
+    allocated (``x`` gives the input's shape there); under autocast, where ``grad`` is
+    of another dtype than ``x``, one call computes all three."""
+    (x, x_step, x_bounds), (weight, w_step, w_bounds) = input_, weight_
+    w_q = fake_quantize(weight, w_step, *w_bounds[:2]).to(grad.dtype)  # autocast's cast
+    if x.dtype != grad.dtype or not mask[0]:
+        x_q = fake_quantize(x, x_step, *x_bounds[:2]).to(grad.dtype)
+        return op.backward(grad, x_q, w_q, mask)
+    grad_wq = grad_b = None
+    if mask[1] or mask[2]:
+        x_q = fake_quantize(x, x_step, *x_bounds[:2])
+        _, grad_wq, grad_b = op.backward(grad, x_q, w_q, [False, mask[1], mask[2]])
+        del x_q
+    grad_xq = op.backward(grad, x, w_q, [True, False, False])[0]
+    return grad_xq, grad_wq, grad_b
+
+
+def _lsq_backward(
+    value: Tensor, grad: Tensor, step: Tensor, bounds: tuple, step_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    """LSQ's backward of one operand, written over the op's gradient of it (a fresh
+    tensor nobody else holds) where its dtype is the operand's."""
+    reuse = grad.dtype == value.dtype
+    return lsq_gradients(value, grad.to(value.dtype), step, *bounds, step_grad, reuse_grad=reuse)
 
 
 def quantized_op(

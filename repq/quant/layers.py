@@ -62,19 +62,21 @@ class QuantLayer(nn.Module, ABC):
         """The bias of a forward pass: float in training, as deployed in eval mode."""
         return bias if self.training else self.deploy_bias(bias)
 
-    def quantized_forward(self, x: Tensor, op: Conv2dOp | LinearOp | None) -> Tensor:
-        """``op(Q_a(x), Q_w(W), b)``: with ``recompute`` set, one fused function that
-        recomputes ``Q_a(x)`` and ``Q_w(W)`` in backward (:mod:`repq.quant.fused`) where
-        both quantizers quantize in eager mode; else each quantizer, then ``op`` (also
-        while calibrating, with a quantizer off, in a compiled graph, or without a fused
-        ``op``)."""
+    def quantized_forward(
+        self, x: Tensor, weight: Tensor, bias: Tensor | None, op: Conv2dOp | LinearOp | None
+    ) -> Tensor:
+        """``op(Q_a(x), Q_w(weight), bias)`` (the bias as :meth:`forward_bias` gives it):
+        with ``recompute`` set, one fused function that recomputes ``Q_a(x)`` and
+        ``Q_w(W)`` in backward (:mod:`repq.quant.fused`) where both quantizers quantize in
+        eager mode; else each quantizer, then :meth:`apply_op` (also while calibrating,
+        with a quantizer off, in a compiled graph, or without a fused ``op``)."""
         fusable = self.recompute and op is not None and not torch.compiler.is_compiling()
-        w_args = self.weight_quant.lsq_args(self.weight) if fusable else None
+        w_args = self.weight_quant.lsq_args(weight) if fusable else None
         x_args = self.input_quant.lsq_args(x) if w_args is not None else None
         if x_args is None:
-            weight, x = self.weight_quant(self.weight), self.input_quant(x)
-            return self.apply_op(x, weight, self.forward_bias(self.bias))
-        return quantized_op(x, self.weight, self.forward_bias(self.bias), x_args, w_args, op)
+            weight, x = self.weight_quant(weight), self.input_quant(x)
+            return self.apply_op(x, weight, self.forward_bias(bias))
+        return quantized_op(x, weight, self.forward_bias(bias), x_args, w_args, op)
 
     @abstractmethod
     def apply_op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -122,7 +124,7 @@ class QuantConv2d(QuantLayer):
         self.dilation, self.groups = conv.dilation, conv.groups
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.quantized_forward(x, self._op)
+        return self.quantized_forward(x, self.weight, self.bias, self._op)
 
     @property
     def _op(self) -> Conv2dOp | None:
@@ -163,7 +165,7 @@ class QuantLinear(QuantLayer):
         self.weight, self.bias = linear.weight, linear.bias
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.quantized_forward(x, LinearOp())
+        return self.quantized_forward(x, self.weight, self.bias, LinearOp())
 
     def apply_op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return F.linear(x, weight, bias)
@@ -177,10 +179,10 @@ class QuantLinear(QuantLayer):
 
 
 def set_recompute(model: nn.Module, enabled: bool = True) -> int:
-    """Recompute the quantized operands of every quantized conv and linear in backward
+    """Recompute the quantized operands of every quantized layer in backward
     instead of storing them (as timm's ``set_grad_checkpointing``, memory for time);
     returns how many layers it set."""
-    layers = [m for m in model.modules() if isinstance(m, QuantConv2d | QuantLinear)]
+    layers = [m for m in model.modules() if isinstance(m, QuantLayer)]
     for layer in layers:
         layer.recompute = enabled
     return len(layers)

@@ -16,7 +16,9 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
+from repq.quant import cpu_kernel
 from repq.quant.init import QuantInit, initial_step
 
 MIN_STEP = 1e-8
@@ -32,7 +34,8 @@ class LSQFunction(torch.autograd.Function):
     ``d out / d x = 1`` where ``round(x / s)`` lies in ``[qmin, qmax]``, else 0;
     ``d out / d s = round(x / s) - x / s`` inside, ``clamp(round(x / s))`` outside,
     times ``grad_factor`` and summed over the elements each step covers. On the CPU both
-    passes run in chunks of about ``CHUNK_ELEMENTS``.
+    passes run as one C++ pass each (:mod:`repq.quant.cpu_kernel`), or else as torch ops
+    in chunks of about ``CHUNK_ELEMENTS``.
     """
 
     @staticmethod
@@ -49,8 +52,18 @@ class LSQFunction(torch.autograd.Function):
 
 
 def fake_quantize(x: Tensor, step: Tensor, qmin: int, qmax: int) -> Tensor:
-    """``clamp(round(x / step), qmin, qmax) * step`` (LSQ's forward), in chunks on the
-    CPU."""
+    """``clamp(round(x / step), qmin, qmax) * step`` (LSQ's forward): the CPU kernel
+    where it takes the tensors, else :func:`reference_fake_quantize`."""
+    if cpu_kernel.usable(x, step) and _rows_fit(x, step):
+        out = torch.empty_like(x)
+        with record_function("repq::lsq_fake_quantize"):
+            cpu_kernel.kernel().fake_quantize(x, step, qmin, qmax, out)
+        return out
+    return reference_fake_quantize(x, step, qmin, qmax)
+
+
+def reference_fake_quantize(x: Tensor, step: Tensor, qmin: int, qmax: int) -> Tensor:
+    """:func:`fake_quantize` as torch ops, in chunks on the CPU."""
     out = torch.empty_like(x, dtype=torch.result_type(x, step))
     for x_part, out_part, step_part in _parts(step, _chunkable(step, x, out), x, out):
         torch.div(x_part, step_part, out=out_part).round_().clamp_(qmin, qmax)
@@ -66,9 +79,35 @@ def lsq_gradients(
     qmax: int,
     grad_factor: float,
     step_grad: bool = True,
+    reuse_grad: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """LSQ's backward: ``(d L / d x, d L / d step)`` from ``grad = d L / d out`` (the
-    step's gradient scaled by ``grad_factor``; None unless ``step_grad``)."""
+    step's gradient scaled by ``grad_factor``; None unless ``step_grad``). With
+    ``reuse_grad`` the CPU kernel writes ``d L / d x`` over ``grad`` (one buffer less)."""
+    if cpu_kernel.usable(x, grad, step) and _rows_fit(x, step):
+        grad_x = grad if reuse_grad else torch.empty_like(grad)
+        with record_function("repq::lsq_backward"):
+            sums = cpu_kernel.kernel().lsq_backward(x, grad, step, qmin, qmax, grad_x)
+        return grad_x, sums.reshape(step.shape).mul_(grad_factor) if step_grad else None
+    return reference_lsq_gradients(x, grad, step, qmin, qmax, grad_factor, step_grad)
+
+
+def _rows_fit(x: Tensor, step: Tensor) -> bool:
+    """Whether ``step`` is one per tensor or one per slice of ``x``'s first dimension
+    (the kernel's ``[steps, elements per step]`` layout)."""
+    return step.numel() == 1 or (x.dim() > 0 and step.numel() == x.shape[0] == step.shape[0])
+
+
+def reference_lsq_gradients(
+    x: Tensor,
+    grad: Tensor,
+    step: Tensor,
+    qmin: int,
+    qmax: int,
+    grad_factor: float,
+    step_grad: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`lsq_gradients` as torch ops, in chunks on the CPU."""
     grad_x = torch.empty_like(grad)
     chunked = _chunkable(step, x, grad, grad_x)
     scratch = _scratch(x, step, chunked)

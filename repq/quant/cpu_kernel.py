@@ -1,0 +1,102 @@
+"""LSQ's forward and backward as one pass each on the CPU: a C++ kernel
+(``csrc/lsq_cpu.cpp``) that the package builds on first use (or ``make setup``) with
+torch's extension builder, cached per source, CPU and torch version.
+
+The eager torch ops of :mod:`repq.quant.lsq` stay the reference: the kernel's outputs
+and input gradients are bit-equal to it and its step gradient is summed in double
+(``tests/test_cpu_kernel.py``). Where the kernel cannot build (no C++ compiler), or
+with ``REPQ_CPU_KERNEL=0``, the reference runs instead, after a one-line warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import platform
+import warnings
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+SOURCE = Path(__file__).with_name("csrc") / "lsq_cpu.cpp"
+FLAGS = ["-O3", "-march=native"]
+DTYPES = (torch.float32, torch.float64)
+ENV = "REPQ_CPU_KERNEL"
+_state = {"enabled": os.environ.get(ENV, "1") != "0"}
+
+
+def _cpu_signature() -> str:
+    """What a ``-march=native`` build depends on: the CPU's model and instruction sets."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    keys = ("model name", "flags")
+    return "\n".join(sorted({line for line in lines if line.startswith(keys)}))
+
+
+def extension_name() -> str:
+    """The build's name: a digest of the source, flags, CPU and torch version."""
+    digest = hashlib.sha256()
+    for part in (SOURCE.read_text(), " ".join(FLAGS), _cpu_signature(), torch.__version__):
+        digest.update(part.encode())
+    return f"repq_lsq_cpu_{digest.hexdigest()[:16]}"
+
+
+@cache
+def _build(verbose: bool = False) -> ModuleType | None:
+    # its import logs a warning when a CUDA toolkit lies about without a CUDA runtime
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils.cpp_extension import load
+
+    try:
+        return load(extension_name(), [str(SOURCE)], extra_cflags=FLAGS, verbose=verbose)
+    except Exception as error:  # a missing compiler, headers or ninja: fall back
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        warnings.warn(
+            f"repq: the CPU LSQ kernel did not build ({lines[0][:100]}); torch ops run "
+            f"instead (repq build-kernel shows the compiler's output)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+
+
+def kernel() -> ModuleType | None:
+    """The built kernel module; None where it is disabled or cannot build."""
+    return _build() if _state["enabled"] else None
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether the kernel takes these tensors (contiguous, CPU, float32/64, one dtype)."""
+    first = tensors[0]
+    if first.dtype not in DTYPES or torch.compiler.is_compiling():
+        return False
+    if any(t.device.type != "cpu" or t.dtype != first.dtype for t in tensors):
+        return False
+    return all(t.is_contiguous() for t in tensors) and kernel() is not None
+
+
+@contextlib.contextmanager
+def enabled(on: bool) -> Iterator[None]:
+    """Use (or not) the kernel inside the block (benchmarks compare both in one process)."""
+    before, _state["enabled"] = _state["enabled"], on
+    try:
+        yield
+    finally:
+        _state["enabled"] = before
+
+
+def build_and_report() -> str:
+    """Build the kernel now, with the compiler's output (``repq build-kernel``, run by
+    ``make setup``); say where it is or that torch ops run instead."""
+    module = _build(verbose=True) if _state["enabled"] else None
+    if module is not None:
+        return f"CPU LSQ kernel: {module.__file__}"
+    reason = f"{ENV}=0" if not _state["enabled"] else "it did not build"
+    return f"CPU LSQ kernel: not in use ({reason}); LSQ runs as torch ops"
