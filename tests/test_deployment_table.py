@@ -84,3 +84,42 @@ def test_markdown_shows_the_largest_difference_and_the_csv_the_numbers(runs, tmp
     assert written == [runs / "deployment.csv", runs / "deployment.md"]
     assert write_deployment(tmp_path / "nothing", tmp_path) == []
     assert to_markdown(deployment_table(collect_exports(runs))) == "\n".join(markdown) + "\n"
+
+
+def test_the_written_tables_are_exactly_these(runs, tmp_path):
+    """Rows in the stage order (8-bit before 4-bit, not alphabetical), each column's
+    digits, the Markdown layout and a CSV of numbers without an index column."""
+    write_export(runs, "repvgg_a0", 0, _report(
+        "qat-merged-4", "repvgg_a0", {"top1": 65.0}, {"top1": 65.0}, top1_agreement=100.0,
+    ))  # fmt: skip
+    unverified = _report("qat-repq-8", "repvgg_a0", {}, {})
+    for key in ("metrics", "reference_metrics", "max_abs_diff"):
+        del unverified[key]
+    write_export(runs, "repvgg_a0", 0, unverified)
+    out = tmp_path / "out"
+    out.mkdir()
+    write_deployment(runs, out)
+    header = (
+        "| model | stage | metric | PyTorch | ONNX | top-1 agreement % | max |Δ output| "
+        "| QDQ / FP32 size | QDQ KiB | codes equal |"
+    )
+    assert (out / "deployment.md").read_text().splitlines() == [
+        header,
+        "|---|---|---|---|---|---|---|---|---|---|",
+        "| ECBSR | 8-bit Merged | psnr/mini_a | 34.00 | 34.00 | n/a | 1e-06 | 0.250 | 0.2 | yes |",
+        "| RepVGG-A0 | 8-bit PTQ | top1 | 60.00 ± 0.00 | 60.00 ± 0.00 | 100.00 ± 0.00 | 1e-06 "
+        "| 0.500 | 0.5 ± 0.0 | no (1 of 2) |",
+        "| RepVGG-A0 | 8-bit RepQ |  | not verified | not verified | not verified | not verified "
+        "| 0.250 | 0.2 | yes |",
+        "| RepVGG-A0 | 4-bit Merged | top1 | 65.00 | 65.00 | 100.00 | 1e-06 | 0.250 | 0.2 | yes |",
+        "| RepVGG-A0 | 4-bit RepQ | top1 | 71.00 ± 0.71 | 71.00 ± 1.41 | 99.50 ± 0.71 | 0.2 "
+        "| 0.250 | 0.2 ± 0.0 | yes |",
+    ]
+    csv = (out / "deployment.csv").read_text().splitlines()
+    assert csv[0] == (
+        "model,stage,metric,PyTorch,ONNX,top-1 agreement %,max |Δ output|,QDQ / FP32 size,"
+        "QDQ KiB,codes equal"
+    )
+    unverified_row = "RepVGG-A0,8-bit RepQ,," + "not verified," * 4 + "0.25,0.244140625,yes"
+    assert csv[3] == unverified_row
+    assert csv[5] == "RepVGG-A0,4-bit RepQ,top1,71.0,71.0,99.5,0.2,0.25,0.244140625,yes"

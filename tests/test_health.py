@@ -45,6 +45,9 @@ def test_the_outlier_ratio_is_the_worst_channels_max_over_mean():
     weight = torch.tensor([[1.0, 1.0, 1.0, 1.0], [4.0, 0.0, 0.0, 0.0], [-2.0, 2.0, 0.0, 0.0]])
     assert health.outlier_ratio(weight) == pytest.approx(4.0)  # channel 1: 4 / 1
     assert health.outlier_ratio(weight[:1]) == pytest.approx(1.0)
+    # a large but flat channel: its max is the tensor's, its ratio 1; the worst is still 4
+    flat = torch.cat([weight, torch.full((1, 4), 10.0)])
+    assert health.outlier_ratio(flat) == pytest.approx(4.0)
 
 
 @pytest.mark.parametrize(

@@ -275,3 +275,26 @@ def test_a_channel_the_input_quantizer_zeroes_does_not_blow_up_the_gradient(mode
     17.0 and 17.5 with statistics of the quantized input (per block: it compounds)."""
     quantized, reference = _dead_channel_case(mode)
     assert quantized <= 5 * reference
+
+
+def test_the_plain_fp_stage_keeps_the_model_and_bnests_estimates():
+    from repq.qat.methods import fp_form
+    from repq.vocab import FP, METHODS
+
+    model = create("repvgg_a0", num_classes=4, width_mult=0.25)
+    assert fp_form(model, FP) is model
+    assert {block.norm_mode for block in norm_blocks(model)} == {"batch"}
+    fp_form(model, METHODS["bnest"].fp_stage)
+    assert "estimate" in {block.norm_mode for block in norm_blocks(model)}
+
+
+def test_quantizers_disabled_and_enabled_again_quantize_again():
+    model = prepare(create("repvgg_a0", num_classes=4, width_mult=0.25), "merged", 4).eval()
+    x = torch.randn(2, 3, 32, 32)
+    calibrate(model, [x])
+    with torch.no_grad():
+        quantized = model(x)
+        float_out = set_quantizers(model, False)(x)
+        again = set_quantizers(model, True)(x)
+    assert not torch.equal(float_out, quantized)
+    assert torch.equal(again, quantized)

@@ -15,7 +15,7 @@ from torch import nn
 
 from repq.models import create
 from repq.qat import precision_table, prepare, to_deploy
-from repq.quant import LSQQuantizer, QuantConv2d, lsq
+from repq.quant import LSQQuantizer, QuantConv2d, QuantLinear, lsq
 from repq.quant.init import QuantInit
 from repq.quant.policy import LayerPrecision
 
@@ -340,3 +340,28 @@ def test_prepare_leaves_the_float_model_as_it_was():
     before = {name: type(m) for name, m in model.named_modules()}
     prepare(model, "repq", 4)
     assert {name: type(m) for name, m in model.named_modules()} == before
+
+
+def test_an_activation_above_the_sample_size_is_stepped_on_its_strided_sample_only():
+    """A per-tensor (activation) step comes from every ``ceil(n / ACT_SAMPLE)``-th value;
+    a per-channel (weight) step sees every value of its row, however long."""
+    from repq.quant.init import ACT_SAMPLE, initial_step
+
+    n = 2 * ACT_SAMPLE + 2  # stride 3
+    values = torch.rand(n)
+    values[1] = 100.0  # off the stride: the sample never sees it
+    activation = initial_step(values.reshape(1, 1, -1), "minmax", 0, 255, per_channel=False)
+    assert activation.item() == pytest.approx(values[::3].max().item() / 255)
+    weights = torch.stack([values, values / 2])
+    weight = initial_step(weights, "minmax", -127, 127, per_channel=True)
+    assert weight.tolist() == pytest.approx([100.0 / 127, 50.0 / 127])
+
+
+def test_a_linear_layer_without_bias_deploys_without_bias():
+    layer = QuantLinear(nn.Linear(6, 4, bias=False), LayerPrecision("fc", 8, 8, True))
+    x = torch.randn(5, 6)
+    layer(x)  # the steps initialise from this batch
+    deployed = layer.eval().to_deploy()
+    assert deployed.bias is None
+    with torch.no_grad():
+        assert torch.equal(deployed(x), layer(x))

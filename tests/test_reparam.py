@@ -174,3 +174,29 @@ def test_the_ecb_identity_kernel_is_a_constant_not_state():
     block = ECB(4, 4, 2.0, with_idt=True)
     assert "id_kernel" in dict(block.named_buffers())
     assert not any(key.endswith("id_kernel") for key in block.state_dict())
+
+
+def test_a_kernel_that_cannot_be_centred_names_its_size():
+    from repq.reparam import pad_kernel
+
+    with pytest.raises(ValueError, match=r"^cannot centre a \(2, 2\) kernel in \(3, 3\)$"):
+        pad_kernel(torch.zeros(1, 1, 2, 2), (3, 3))
+
+
+def test_orepas_frequency_prior_is_the_dct_basis_written_out():
+    """Rows vary as cos(pi (h + 1/2) (i + 1) / k) for the first half of the channels,
+    columns as cos(pi (w + 1/2) (i + 1 - C/2) / k) for the second (the official code)."""
+    import math
+
+    from repq.reparam.orepa import frequency_prior
+
+    channels, k = 6, 3
+    prior = frequency_prior(channels, k)
+    for i in range(channels):
+        for h in range(k):
+            for w in range(k):
+                if i < channels / 2:
+                    expected = math.cos(math.pi * (h + 0.5) * (i + 1) / k)
+                else:
+                    expected = math.cos(math.pi * (w + 0.5) * (i + 1 - channels / 2) / k)
+                assert abs(prior[i, h, w].item() - expected) < 1e-7, (i, h, w)

@@ -8,7 +8,7 @@ import math
 
 import pandas as pd
 import pytest
-from runs import write_run
+from runs import write_export, write_run
 
 from repq.report import write_report
 from repq.report.claims import (
@@ -413,12 +413,18 @@ def test_the_claims_markdown(tmp_path):
 
 def test_the_written_report_files(runs):
     out = runs / "nested" / "tables"  # parents made; a second write overwrites
+    write_export(runs, "repvgg_a0", 0, {
+        "model": "repvgg_a0", "stage": "qat-repq-4", "bytes": 250, "fp32_bytes": 1000,
+        "weight_codes_equal": True, "layers": {"INT4": 3},
+    })  # fmt: skip
     write_report(runs, out)
     written = write_report(runs, out)
     tasks = ("classification", "superres")
     expected = {f"{t}.{ext}" for t in tasks for ext in ("md", "csv", "tex")}
     expected |= {"claims.md", "claims.csv", "runs.csv", "drop.png", "drop.svg"}
+    expected |= {"deployment.md", "deployment.csv"}
     assert {p.name for p in written} == expected
+    assert "| RepVGG-A0 | 4-bit RepQ |" in (out / "deployment.md").read_text()
     results = collect(runs)
     claims = claims_table(runs, results)
     assert (out / "claims.md").read_text() == claims_markdown(claims)
@@ -509,3 +515,86 @@ def test_the_markdown_layout_and_ssim_digits(runs):
     fp = next(line for line in lines if "| FP |" in line)
     assert fp.startswith("| ECBSR x2 | FP | 32 | 34.00 | 0.9100 | 30.00 | 0.8500 ")
     assert fp.endswith(" |")
+
+
+def test_a_model_without_bn_shows_n_a_where_bnest_does_not_apply(tmp_path):
+    """The classification (wide) layout of a model without BN: FP-BNest and RepQ-BNest
+    and its Δ are n/a, while the stages that apply have their values."""
+    write_run(tmp_path, "sr_as_cls", "fp", {"top1": 50.0}, model="ecbsr")
+    write_run(tmp_path, "sr_as_cls", "qat-repq-8", {"top1": 49.0}, model="ecbsr")
+    (row,) = task_tables(collect(tmp_path))["classification"].to_dict("records")
+    assert next(iter(row)) == "model" and row["model"] == "ECBSR"
+    assert row["FP-BNest"] == row["8-bit RepQ-BNest"] == row["8-bit RepQ-BNest Δ"] == "n/a"
+    assert row["8-bit RepQ Δ"].values == (-1.0,) and row["8-bit Merged"] == "no run"
+
+
+def test_a_metric_without_a_test_set_keeps_its_name(tmp_path):
+    """The long layout (a task the report does not know) names ``psnr/a`` "a PSNR" and a
+    metric without a test set by its own name."""
+    write_run(tmp_path, "x", "fp", {"loss": 0.5, "psnr/a": 30.0}, task="denoise", model="ecbsr")
+    table = task_tables(collect(tmp_path))["denoise"]
+    assert {"loss", "a PSNR"} <= set(table.columns)
+    assert table.iloc[0]["loss"].mean == 0.5
+
+
+def test_super_resolution_bold_marks_the_best_of_each_bit_width(runs):
+    def bold_count(lines: list[str], row: str) -> int:
+        (line,) = [line for line in lines if row in line]
+        return line.count("**") // 2
+
+    lines = to_markdown(task_tables(collect(runs))["superres"]).splitlines()
+    # 4 bits: RepQ beats Merged on all four columns; FP is never bold
+    assert bold_count(lines, "| RepQ | 4 |") == 4 and bold_count(lines, "| Merged | 4 |") == 0
+    assert bold_count(lines, "| FP | 32 |") == 0
+    write_run(runs, "ecbsr_x2", "qat-merged-8", SR["qat-merged-4"], "ecbsr", "superres")
+    lines = to_markdown(task_tables(collect(runs))["superres"]).splitlines()
+    # the only 8-bit run is the best of its width, and 4 bits keeps its own marks
+    assert bold_count(lines, "| Merged | 8 |") == 4 and bold_count(lines, "| RepQ | 4 |") == 4
+
+
+def test_latex_rows_separate_cells_with_ampersands(runs):
+    latex = to_latex(task_tables(collect(runs))["superres"])
+    (fp_row,) = [line for line in latex.splitlines() if " & FP & " in line]
+    assert fp_row.endswith(r" \\") and fp_row.count(" & ") == fp_row.count("&") == 6
+
+
+def test_the_csv_frame_gives_numbers_and_seed_counts(runs):
+    frame = to_csv_frame(task_tables(collect(runs))["superres"])
+    assert frame["method"].tolist()[:2] == ["FP", "PTQ"] and frame["bits"].tolist()[0] == 32
+    assert frame["a PSNR"].iloc[0] == 34.0 and frame["a PSNR n"].iloc[0] == 1
+    assert frame["a PSNR n"].iloc[1] == 0  # "no run": no seed
+    assert frame["a PSNR"].iloc[1] == "no run"
+
+
+def test_an_interval_counts_two_items_and_refuses_none_of_one():
+    """Two items: their variance enters the interval; one item: no item term."""
+    seeds = Interval((1.0, 2.0, 3.0))
+    two = Interval((1.0, 2.0, 3.0), (0.0, 4.0))
+    one = Interval((1.0, 2.0, 3.0), (5.0,))
+    variance = 1.0 / 3 + 8.0 / 2  # s^2/n of the seeds (1.0) and of the items (8.0)
+    df = variance**2 / ((1.0 / 3) ** 2 / 2 + (8.0 / 2) ** 2 / 1)
+    from scipy.stats import t as student_t
+
+    assert two.half_width == pytest.approx(student_t.ppf(0.975, df) * math.sqrt(variance))
+    assert (
+        one.half_width
+        == seeds.half_width
+        == pytest.approx(student_t.ppf(0.975, 2) * math.sqrt(1.0 / 3))
+    )
+
+
+def test_one_item_per_seed_still_pairs():
+    from repq.report.claims import _item_means
+
+    assert _item_means({0: (1.0,), 1: (3.0,)}, {0: (0.0,), 1: (1.0,)}, [0, 1]) == (1.5,)
+    assert _item_means({0: (1.0,)}, {0: (0.0, 1.0)}, [0]) == ()  # different counts
+
+
+def test_a_task_the_vocabulary_does_not_know_gets_its_own_panel(tmp_path):
+    from repq.report.figures import drop_figure
+
+    write_run(tmp_path, "x", "fp", {"loss": 0.5}, task="denoise", model="ecbsr")
+    write_run(tmp_path, "x", "qat-repq-8", {"loss": 0.4}, task="denoise", model="ecbsr")
+    panels = delta_bars(collect(tmp_path))
+    assert list(panels) == ["denoise"]
+    assert drop_figure(collect(tmp_path), tmp_path / "drop")  # titled by the task's name

@@ -87,10 +87,16 @@ def test_each_block_merges_as_timm_merges_it(name):
         reference, merged, multi = timm_deploy(x), ours(x), block(x)
     assert rel_err(merged, reference) < MERGE_TOL
     assert rel_err(multi, reference) < MERGE_TOL  # timm's own merge is exact too
-    (sum_block,) = [m for m in adopt_blocks(copy.deepcopy(block)).modules() if _is_sum(m)]
+    adopted = adopt_blocks(copy.deepcopy(block)).eval()
+    (sum_block,) = [m for m in adopted.modules() if _is_sum(m)]
     kernel, bias = sum_block.kernel_bias()
     timm_kernel, timm_bias = _kernel_bias_of_timm(block[0])
     assert rel_err(kernel, timm_kernel) < MERGE_TOL and rel_err(bias, timm_bias) < MERGE_TOL
+    with torch.no_grad():  # the adopted multi-branch forward (layer scales included)
+        assert rel_err(adopted(x), multi) < MERGE_TOL
+        # in training mode too (BN on batch statistics; the running ones are not used)
+        train_ours, train_timm = copy.deepcopy(adopted).train(), copy.deepcopy(block).train()
+        assert rel_err(train_ours(x), train_timm(x)) < MERGE_TOL
 
 
 def test_the_adopted_block_keeps_timms_tensors_and_its_training_forward():
@@ -263,3 +269,42 @@ def test_a_plain_copy_of_timms_batchnorm_keeps_its_momentum_and_statistics():
     norm.train()(x)
     expected = 0.3 * x.mean((0, 2, 3))  # from zeros, one step of momentum 0.3
     torch.testing.assert_close(original.running_mean, expected)
+
+
+def test_a_timm_bn_with_an_activation_inside_a_branch_is_refused_by_name():
+    from timm.layers import BatchNormAct2d
+
+    from repq.reparam.timm_blocks import linear_norm
+
+    with pytest.raises(
+        UnsupportedBlock, match=r"^blk.bn: its act \(ReLU\(inplace=True\)\) precedes the sum$"
+    ):
+        linear_norm("blk.bn", BatchNormAct2d(8, act_layer=nn.ReLU))
+    dropping = BatchNormAct2d(8, apply_act=False, drop_layer=nn.Dropout)
+    with pytest.raises(UnsupportedBlock, match=r"^blk.bn: its drop \(Dropout"):
+        linear_norm("blk.bn", dropping)
+    with pytest.raises(UnsupportedBlock, match=r"^blk.bn: LayerNorm is not a BatchNorm2d$"):
+        linear_norm("blk.bn", nn.LayerNorm(8))
+
+
+def test_a_rep_mixer_with_an_se_inside_is_refused():
+    mixer = fastvit.RepMixer(8, 3, layer_scale_init_value=None)
+    mixer.mixer.se = fastvit.SqueezeExcite(8)
+    with pytest.raises(UnsupportedBlock, match="an activation or SE inside the mixer"):
+        adopt_blocks(nn.Sequential(mixer))
+
+
+def test_a_plain_timm_conv_norm_act_becomes_a_conv_bn_and_a_dilated_one_stays():
+    from timm.layers import ConvNormAct
+
+    from repq.reparam import ConvBN
+
+    plain = _random(nn.Sequential(ConvNormAct(8, 8, 3, apply_act=True)))
+    dilated = nn.Sequential(ConvNormAct(8, 8, 3, dilation=2))
+    x = _x()
+    with torch.no_grad():
+        expected = plain(x)
+        adopted = adopt_blocks(copy.deepcopy(plain)).eval()
+        assert rel_err(adopted(x), expected) < MERGE_TOL
+    assert any(isinstance(m, ConvBN) for m in adopted.modules())
+    assert not any(isinstance(m, ConvBN) for m in adopt_blocks(dilated).modules())
