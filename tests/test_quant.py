@@ -365,3 +365,27 @@ def test_a_linear_layer_without_bias_deploys_without_bias():
     assert deployed.bias is None
     with torch.no_grad():
         assert torch.equal(deployed(x), layer(x))
+
+
+def test_prepare_gives_plain_layers_the_recipes_init_rules():
+    model = create("repvgg_a0", num_classes=4, width_mult=0.25)
+    init = QuantInit(weight="lsq", activation="minmax")
+    qat = prepare(model, "merged", 8, init=init)
+    layers = [m for m in qat.modules() if isinstance(m, QuantConv2d | QuantLinear)]
+    assert layers and {(m.weight_quant.init, m.input_quant.init) for m in layers} == {
+        ("lsq", "minmax")
+    }
+
+
+def test_a_conv_with_reflect_padding_is_refused_by_name():
+    conv = nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")
+    with pytest.raises(ValueError, match=r"only zero padding is supported$") as caught:
+        QuantConv2d(conv, LayerPrecision("c", 8, 8, False))
+    assert str(caught.value).startswith("Conv2d(3, 4")
+
+
+def test_a_quantizer_says_what_it_is():
+    assert repr(LSQQuantizer(4, True, channels=3, init="mse")) == (
+        "LSQQuantizer(bits=4, signed, per-channel, init=mse, enabled=True)"
+    )
+    assert "unsigned, per-tensor" in repr(LSQQuantizer(8, False))

@@ -200,3 +200,15 @@ def test_orepas_frequency_prior_is_the_dct_basis_written_out():
                 else:
                     expected = math.cos(math.pi * (w + 0.5) * (i + 1 - channels / 2) / k)
                 assert abs(prior[i, h, w].item() - expected) < 1e-7, (i, h, w)
+
+
+def test_an_acnet_block_with_wider_padding_merges_and_narrower_is_refused():
+    from repq.reparam import ACBlock
+
+    block = randomize(ACBlock(4, 4, 3, padding=2)).eval()
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        out = block(x)
+        assert out.shape[-1] == 10 and rel_err(block.to_conv()(x), out) < 1e-6
+    with pytest.raises(ValueError, match=r"^ACBlock needs padding >= kernel_size // 2 = 1, got 0$"):
+        ACBlock(4, 4, 3, padding=0)

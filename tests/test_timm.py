@@ -210,6 +210,9 @@ def test_a_block_without_an_adapter_is_refused_and_per_branch_only_when_asked():
     with pytest.warns(PerBranchWarning, match="LooksReparametrizable"):
         qat = prepare(model, "repq", 4, allow_per_branch=True)
     assert sum(isinstance(m, RepQConv) for m in qat.modules()) == 0
+    # the look-alike as the whole model is refused as well
+    with pytest.raises(UnsupportedBlock, match=r"^the model \(.*LooksReparametrizable"):
+        reparameterize(LooksReparametrizable())
 
 
 def test_a_timm_family_without_an_adapter_is_refused_by_name():
@@ -308,3 +311,10 @@ def test_a_plain_timm_conv_norm_act_becomes_a_conv_bn_and_a_dilated_one_stays():
         assert rel_err(adopted(x), expected) < MERGE_TOL
     assert any(isinstance(m, ConvBN) for m in adopted.modules())
     assert not any(isinstance(m, ConvBN) for m in adopt_blocks(dilated).modules())
+
+
+def test_an_anti_aliased_branch_of_a_repvgg_block_is_refused_by_its_path():
+    block = nn.Sequential(byobnet.RepVggBlock(8, 8))
+    block[0].conv_kxk.aa = nn.AvgPool2d(1)
+    with pytest.raises(UnsupportedBlock, match=r"^0\.conv_kxk: anti-aliasing \(AvgPool2d"):
+        adopt_blocks(block)

@@ -27,6 +27,8 @@ class ACBlock(ReparamBlock):
         p = self.padding[0]
         if self.kernel_size[0] != self.kernel_size[1] or self.padding[0] != self.padding[1]:
             raise ValueError("ACBlock needs a square kernel and symmetric padding")
+        if p < k // 2:  # the 1xk and kx1 branches would need negative padding
+            raise ValueError(f"ACBlock needs padding >= kernel_size // 2 = {k // 2}, got {p}")
         self.square = ConvBN(in_channels, out_channels, k, stride, p, groups)
         self.ver = ConvBN(in_channels, out_channels, (k, 1), stride, (p, p - k // 2), groups)
         self.hor = ConvBN(in_channels, out_channels, (1, k), stride, (p - k // 2, p), groups)
