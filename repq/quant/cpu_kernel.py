@@ -41,9 +41,11 @@ def _cpu_signature() -> str:
 
 
 def extension_name() -> str:
-    """The build's name: a digest of the source, flags, CPU and torch version."""
+    """The build's name: a digest of the source, flags, CPU and torch (its version and
+    where it is installed: two environments would otherwise rebuild it in turn)."""
     digest = hashlib.sha256()
-    for part in (SOURCE.read_text(), " ".join(FLAGS), _cpu_signature(), torch.__version__):
+    torch_build = f"{torch.__version__} {Path(torch.__file__).parent}"
+    for part in (SOURCE.read_text(), " ".join(FLAGS), _cpu_signature(), torch_build):
         digest.update(part.encode())
     return f"repq_lsq_cpu_{digest.hexdigest()[:16]}"
 
