@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import platform
+import sys
 import warnings
 from collections.abc import Iterator
 from functools import cache
@@ -50,11 +51,22 @@ def extension_name() -> str:
     return f"repq_lsq_cpu_{digest.hexdigest()[:16]}"
 
 
+def _find_ninja() -> None:
+    """Put this environment's ``bin`` (where pip installs ``ninja``) on ``PATH``, as
+    activating it would: torch's extension builder looks for ninja there."""
+    bin_dir = Path(sys.executable).parent
+    path = os.environ.get("PATH", "")
+    if (bin_dir / "ninja").exists() and str(bin_dir) not in path.split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join([str(bin_dir), path]) if path else str(bin_dir)
+
+
 @cache
 def _build(verbose: bool = False) -> ModuleType | None:
     # its import logs a warning when a CUDA toolkit lies about without a CUDA runtime
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils.cpp_extension import load
+
+    _find_ninja()
 
     try:
         return load(extension_name(), [str(SOURCE)], extra_cflags=FLAGS, verbose=verbose)
