@@ -27,8 +27,9 @@ from torch.utils.data import DataLoader
 from repq.data.sampling import EpochSampler
 from repq.engine.build import deploy_form, model_from_file
 from repq.engine.tasks import make_task
+from repq.vocab import Stage
 
-STAGES = ("fp-bnest", "qat-bnest-{bits}", "qat-repq-{bits}")
+METHODS_COMPARED = ("bnest", "repq")
 
 
 @torch.no_grad()
@@ -52,8 +53,9 @@ def top1(task, model: nn.Module, stage) -> float:
 
 def seed_rows(run: Path, bits: int) -> list[dict]:
     rows = []
-    for pattern in STAGES:
-        path = run / pattern.format(bits=bits) / "model.pt"
+    bnest = Stage.qat("bnest", bits)
+    for stage_name in (str(bnest.init), *(str(Stage.qat(m, bits)) for m in METHODS_COMPARED)):
+        path = run / stage_name / "model.pt"
         model, content, stage = model_from_file(path)
         task = make_task(content["config"])
         data = task.train_set()

@@ -29,7 +29,7 @@ from repq.engine.trainer import Job, Trainer
 from repq.qat.health import health_rows, quant_layers
 from repq.vocab import Stage
 
-STARTS = {"repq": "fp", "bnest": "fp-bnest"}
+METHODS_COMPARED = ("repq", "bnest")
 
 
 @torch.no_grad()
@@ -71,11 +71,11 @@ def first_batch_losses(trainer: Trainer) -> dict[str, float]:
 
 def at_step0(run: Path, method: str, bits: int, out: Path, threads: int) -> list[dict]:
     """Per quantized layer of ``qat-<method>-<bits>`` of one seed, before training."""
-    stage = f"qat-{method}-{bits}"
-    config = json.loads((run / stage / "config.json").read_text())
+    stage = Stage.qat(method, bits)
+    config = json.loads((run / str(stage) / "config.json").read_text())
     config["tracking"] = {"uri": f"sqlite:///{(out / 'mlflow.db').resolve()}"}
-    init = run / STARTS[method] / "model.pt"
-    job = Job(config, Stage.parse(stage), out / run.name / stage, init, threads=threads)
+    init = run / str(stage.init) / "model.pt"
+    job = Job(config, stage, out / run.name / str(stage), init, threads=threads)
     trainer = Trainer(job)
     trainer.calibrate()
     batch = next(trainer._batches(1))
@@ -83,7 +83,7 @@ def at_step0(run: Path, method: str, bits: int, out: Path, threads: int) -> list
     spread = channel_spread(trainer.model, batch)
     losses = first_batch_losses(trainer)
     rows = health_rows(trainer.model, trainer.clipped_init, batch)
-    final = json.loads((run / stage / "metrics.json").read_text())["metrics"]["top1"]
+    final = json.loads((run / str(stage) / "metrics.json").read_text())["metrics"]["top1"]
     return [
         {
             **row,
@@ -130,7 +130,7 @@ def main() -> None:
     args = arguments(__doc__.splitlines()[0], "bnest-inputs").parse_args()
     rows = []
     for run in sorted((args.results / "runs" / args.arch).glob("seed*")):
-        for method in STARTS:
+        for method in METHODS_COMPARED:
             rows += at_step0(run, method, args.bits, args.out, args.threads)
     text = summary(rows)
     print(text)

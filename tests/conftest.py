@@ -9,6 +9,17 @@ import torch
 from torch import nn
 
 
+def layer_gradients(layer: nn.Module, x: torch.Tensor, forward=None) -> tuple[torch.Tensor, dict]:
+    """The output of ``forward(layer, x)`` (default: ``layer(x)``) and, under the loss
+    ``out.square().sum()``, the gradients of the input and of every parameter."""
+    layer.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(True)
+    out = forward(layer, x) if forward is not None else layer(x)
+    out.float().square().sum().backward()
+    grads = {n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None}
+    return out.detach(), {"input": x.grad.clone(), **grads}
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """Relative error ``|a - b| / |b|`` (Frobenius norms)."""
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()

@@ -11,12 +11,13 @@ import sys
 
 import pytest
 import torch
+from conftest import layer_gradients
 from torch import nn
 
 from repq.qat import calibrate
 from repq.qat.repq_conv import RepQConv
 from repq.quant import cpu_kernel
-from repq.quant.layers import QuantConv2d, QuantLayer, QuantLinear, set_recompute
+from repq.quant.layers import QuantConv2d, QuantLinear, set_recompute
 from repq.quant.lsq import (
     CHUNK_ELEMENTS,
     fake_quantize,
@@ -168,15 +169,6 @@ PRECISIONS = {
 }
 
 
-def _step_gradients(layer: QuantLayer, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    layer.zero_grad(set_to_none=True)
-    x = x.clone().requires_grad_(True)
-    out = layer(x)
-    out.square().sum().backward()
-    grads = {n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None}
-    return out.detach(), {"input": x.grad.clone(), **grads}
-
-
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("kind", LAYERS)
 def test_every_quantized_layer_trains_alike_with_the_kernel_and_with_torch_ops(kind, precision):
@@ -188,9 +180,9 @@ def test_every_quantized_layer_trains_alike_with_the_kernel_and_with_torch_ops(k
     x = x if PRECISIONS[precision]["input_signed"] else x.relu()
     calibrate(layer, [x])
     layer.train()
-    out, grads = _step_gradients(layer, x)
+    out, grads = layer_gradients(layer, x)
     with cpu_kernel.enabled(False):
-        ref_out, ref_grads = _step_gradients(layer, x)
+        ref_out, ref_grads = layer_gradients(layer, x)
     assert torch.equal(out, ref_out)
     assert grads.keys() == ref_grads.keys() >= {"input", "input_quant.step", "weight_quant.step"}
     for name, grad in ref_grads.items():

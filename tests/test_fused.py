@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import layer_gradients
 from torch import nn
 
 from repq.models import create
@@ -39,15 +40,6 @@ def _separate(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
     return layer.apply_op(layer.input_quant(x), weight, layer.forward_bias(layer.bias))
 
 
-def _gradients(layer: QuantLayer, x: torch.Tensor, forward) -> tuple[torch.Tensor, dict]:
-    layer.zero_grad(set_to_none=True)
-    x = x.clone().requires_grad_(True)
-    out = forward(layer, x)
-    out.float().square().sum().backward()
-    grads = {n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None}
-    return out.detach(), {"input": x.grad.clone(), **grads}
-
-
 LAYERS = {
     "conv 3x3": lambda **p: _conv(**p),
     "conv stride 2 grouped": lambda **p: _conv(stride=2, groups=4, **p),
@@ -68,8 +60,8 @@ def test_the_fused_path_equals_the_separate_one(kind, precision, training):
     x = _input(layer, precision["input_signed"])
     calibrate(layer, [x])
     layer.train(training)
-    fused_out, fused = _gradients(layer, x, lambda m, t: m(t))
-    separate_out, separate = _gradients(layer, x, _separate)
+    fused_out, fused = layer_gradients(layer, x)
+    separate_out, separate = layer_gradients(layer, x, _separate)
     assert torch.equal(fused_out, separate_out)
     assert fused.keys() == separate.keys() >= {"input", "weight", "input_quant.step"}
     for name, grad in separate.items():
@@ -119,8 +111,8 @@ def test_the_fused_path_under_bf16_autocast_equals_the_separate_one(kind):
     x = _input(layer, signed=False)
     calibrate(layer, [x])
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        fused_out, fused = _gradients(layer, x, lambda m, t: m(t))
-        separate_out, separate = _gradients(layer, x, _separate)
+        fused_out, fused = layer_gradients(layer, x)
+        separate_out, separate = layer_gradients(layer, x, _separate)
     assert fused_out.dtype == torch.bfloat16 and torch.equal(fused_out, separate_out)
     for name, grad in separate.items():
         assert fused[name].dtype == grad.dtype and torch.equal(fused[name], grad), name

@@ -54,7 +54,7 @@ class LSQFunction(torch.autograd.Function):
 def fake_quantize(x: Tensor, step: Tensor, qmin: int, qmax: int) -> Tensor:
     """``clamp(round(x / step), qmin, qmax) * step`` (LSQ's forward): the CPU kernel
     where it takes the tensors, else :func:`reference_fake_quantize`."""
-    if cpu_kernel.usable(x, step) and _rows_fit(x, step):
+    if _kernel_takes(x, step):
         out = torch.empty_like(x)
         with record_function("repq::lsq_fake_quantize"):
             cpu_kernel.kernel().fake_quantize(x, step, qmin, qmax, out)
@@ -84,7 +84,7 @@ def lsq_gradients(
     """LSQ's backward: ``(d L / d x, d L / d step)`` from ``grad = d L / d out`` (the
     step's gradient scaled by ``grad_factor``; None unless ``step_grad``). With
     ``reuse_grad`` the CPU kernel writes ``d L / d x`` over ``grad`` (one buffer less)."""
-    if cpu_kernel.usable(x, grad, step) and _rows_fit(x, step):
+    if _kernel_takes(x, step, grad):
         grad_x = grad if reuse_grad else torch.empty_like(grad)
         with record_function("repq::lsq_backward"):
             sums = cpu_kernel.kernel().lsq_backward(x, grad, step, qmin, qmax, grad_x)
@@ -92,10 +92,12 @@ def lsq_gradients(
     return reference_lsq_gradients(x, grad, step, qmin, qmax, grad_factor, step_grad)
 
 
-def _rows_fit(x: Tensor, step: Tensor) -> bool:
-    """Whether ``step`` is one per tensor or one per slice of ``x``'s first dimension
-    (the kernel's ``[steps, elements per step]`` layout)."""
-    return step.numel() == 1 or (x.dim() > 0 and step.numel() == x.shape[0] == step.shape[0])
+def _kernel_takes(x: Tensor, step: Tensor, *like_x: Tensor) -> bool:
+    """Whether the CPU kernel runs LSQ on ``x`` (and ``like_x``) with ``step``: tensors it
+    takes (:func:`repq.quant.cpu_kernel.usable`), one step per tensor or per slice of
+    ``x``'s first dimension (its ``[steps, elements per step]`` layout)."""
+    rows = step.numel() == 1 or (x.dim() > 0 and step.numel() == x.shape[0] == step.shape[0])
+    return rows and cpu_kernel.usable(x, *like_x, step)
 
 
 def reference_lsq_gradients(
