@@ -7,7 +7,8 @@ function, torch.ao's fused observer and fake quantizer), then by
 its inputs: ``activation`` (an input shaped like a batch of feature maps), ``weight``
 (an input of at least ``--large`` elements that is not a batch: kernels, their
 gradients and the optimiser step) and ``small`` (everything else: per-channel vectors
-and scalars, where the time is per-op overhead). The profiler's own overhead inflates
+and scalars, where the time is per-op overhead); repq's C++ kernels for RepQ-BNest
+record no shapes and are binned by what they pass over. The profiler's own overhead inflates
 the small ops; compare the bins across variants, not with ``train_step.py``'s times.
 
     python benchmarks/profile_step.py --models repvgg_a0 --variants merged bnest
@@ -29,6 +30,8 @@ BINS = ("conv", "quantizer", "activation", "weight", "small")
 CONV_OPS = ("convolution", "addmm", "aten::mm")
 QUANTIZER_OPS = ("LSQFunction", "QuantizedOpFunction", "fake_quant", "FakeQuant", "FqHelper")
 """Fake quantizers; the convs inside ``QuantizedOpFunction`` are binned as ``conv``."""
+KERNEL_BINS = {"repq::channel_moments": "activation", "repq::estimated_merge": "weight"}
+"""repq's C++ kernels that record no input shapes, by what they pass over."""
 
 
 def _lineage(event: FunctionEvent) -> list[str]:
@@ -47,6 +50,9 @@ def op_bin(event: FunctionEvent, batch: int, large: int) -> str:
         return "conv"
     if any(key in name for name in names for key in QUANTIZER_OPS):
         return "quantizer"
+    for prefix, kernel_bin in KERNEL_BINS.items():
+        if event.name.startswith(prefix):
+            return kernel_bin
     tensors = [s for s in event.input_shapes if isinstance(s, list) and s]
     if any(len(s) == 4 and s[0] == batch for s in tensors):
         return "activation"

@@ -32,9 +32,10 @@ import torch.ao.quantization as ao
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
+from repq import cpu_kernel
 from repq.models import create
 from repq.qat import bnest_fp, prepare
-from repq.quant import cpu_kernel, set_recompute
+from repq.quant import set_recompute
 from repq.reparam import reparameterize
 
 VARIANTS = (
@@ -49,7 +50,8 @@ VARIANTS = (
     "torch_ao",
 )
 TORCH_OPS = ("merged_torch_ops", "bnest_torch_ops")
-"""Variants whose LSQ runs as torch ops (the reference) instead of the CPU kernel."""
+"""Variants whose LSQ and RepQ-BNest merge run as torch ops (the references) instead of
+the CPU kernels."""
 
 
 def models(

@@ -196,7 +196,7 @@ def _add_report(sub) -> None:
 def _add_build_kernel(sub) -> None:
     sub.add_parser(
         "build-kernel",
-        help="build the CPU LSQ kernel now (make setup does)",
+        help="build the CPU kernels now (make setup does)",
         description="Build (or find built) the one-pass CPU kernel of LSQ's forward and "
         "backward, showing the compiler's output; without it torch ops run instead.",
     )
@@ -345,7 +345,7 @@ def _demo_summary(args: argparse.Namespace) -> None:
 
 
 def _build_kernel(args: argparse.Namespace) -> None:
-    from repq.quant.cpu_kernel import build_and_report
+    from repq.cpu_kernel import build_and_report
 
     print(build_and_report())
 

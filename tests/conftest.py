@@ -37,8 +37,9 @@ def randomize(model: nn.Module, seed: int = 0, scale: float = 0.1) -> nn.Module:
             c = m.num_features
             m.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
             m.running_var.copy_(torch.rand(c, generator=gen) * 0.5 + 0.75)
-            m.weight.copy_(torch.rand(c, generator=gen) * 0.5 + 0.75)
-            m.bias.copy_(torch.randn(c, generator=gen) * 0.1)
+            if m.affine:
+                m.weight.copy_(torch.rand(c, generator=gen) * 0.5 + 0.75)
+                m.bias.copy_(torch.randn(c, generator=gen) * 0.1)
     return model
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from repq.quant import cpu_kernel
+from repq import cpu_kernel
 from repq.quant.init import QuantInit, initial_step
 
 MIN_STEP = 1e-8
@@ -34,7 +34,7 @@ class LSQFunction(torch.autograd.Function):
     ``d out / d x = 1`` where ``round(x / s)`` lies in ``[qmin, qmax]``, else 0;
     ``d out / d s = round(x / s) - x / s`` inside, ``clamp(round(x / s))`` outside,
     times ``grad_factor`` and summed over the elements each step covers. On the CPU both
-    passes run as one C++ pass each (:mod:`repq.quant.cpu_kernel`), or else as torch ops
+    passes run as one C++ pass each (:mod:`repq.cpu_kernel`), or else as torch ops
     in chunks of about ``CHUNK_ELEMENTS``.
     """
 
@@ -94,7 +94,7 @@ def lsq_gradients(
 
 def _kernel_takes(x: Tensor, step: Tensor, *like_x: Tensor) -> bool:
     """Whether the CPU kernel runs LSQ on ``x`` (and ``like_x``) with ``step``: tensors it
-    takes (:func:`repq.quant.cpu_kernel.usable`), one step per tensor or per slice of
+    takes (:func:`repq.cpu_kernel.usable`), one step per tensor or per slice of
     ``x``'s first dimension (its ``[steps, elements per step]`` layout)."""
     rows = step.numel() == 1 or (x.dim() > 0 and step.numel() == x.shape[0] == step.shape[0])
     return rows and cpu_kernel.usable(x, *like_x, step)

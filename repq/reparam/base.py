@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
+from repq.reparam.estimate import estimated_kernel_bias
 from repq.reparam.stats import EstimatedStats, NormStats, running_stats
 
 NORM_MODES = ("batch", "estimate")
@@ -142,9 +143,17 @@ class ReparamBlock(nn.Module, ABC):
         """``M(params)``: the kernel and bias of the equivalent single convolution.
 
         ``stats`` gives each BN branch its ``(mean, var)``; by default the running
-        statistics, which makes the result the exact deploy kernel.
+        statistics, which makes the result the exact deploy kernel. Estimated statistics
+        (RepQ-BNest) merge the whole block in one autograd node, equal to
+        :meth:`merge_branches` up to rounding.
         """
-        stats = running_stats if stats is None else stats
+        if isinstance(stats, EstimatedStats):
+            return estimated_kernel_bias(self, stats.mean_x, stats.var_x, stats.count)
+        return self.merge_branches(running_stats if stats is None else stats)
+
+    def merge_branches(self, stats: NormStats) -> tuple[Tensor, Tensor]:
+        """Fold each BN branch with ``stats`` (eq. of the BN fusion), scale it, and sum
+        the branches, centred, into one kernel and bias."""
         kernels, biases = [], []
         for branch in self.branches():
             k, b = branch.kernel, branch.bias

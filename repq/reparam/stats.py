@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.profiler import record_function
+
+from repq import cpu_kernel
 
 if TYPE_CHECKING:
     from repq.reparam.base import Branch, ReparamBlock
@@ -46,24 +49,38 @@ def update_running_stats(norm: nn.BatchNorm2d, mean: Tensor, var: Tensor, count:
 
 class ChannelMoments(torch.autograd.Function):
     """Per-channel mean and biased variance over ``(N, H, W)`` of an ``[N, C, H, W]``
-    tensor, computed in two passes (stable like Welford, faster than ``torch.var_mean``
-    on the CPU); backward ``dy = dm / n + 2 dv (y - m) / n`` saves only ``y`` and ``m``."""
+    tensor; backward ``dy = dm / n + 2 dv (y - m) / n`` saves only ``y`` and ``m``. On
+    the CPU one pass each in C++ (:mod:`repq.cpu_kernel`), else :func:`moments_ops`."""
 
     @staticmethod
     def forward(ctx, y: Tensor) -> tuple[Tensor, Tensor]:
-        mean = y.mean((0, 2, 3), keepdim=True)
-        var = (y - mean).square_().mean((0, 2, 3))
+        ctx.on_kernel = y.dim() == 4 and y.numel() > 0 and cpu_kernel.usable(y, family="bnest")
+        if ctx.on_kernel:
+            with record_function("repq::channel_moments"):
+                mean, var = cpu_kernel.kernel().channel_moments(y)
+        else:
+            mean, var = moments_ops(y)
         ctx.save_for_backward(y, mean)
-        return mean.reshape(-1), var
+        return mean, var
 
     @staticmethod
     def backward(ctx, grad_mean: Tensor, grad_var: Tensor) -> Tensor:
         y, mean = ctx.saved_tensors
+        if ctx.on_kernel and cpu_kernel.usable(grad_mean, grad_var, y, family="bnest"):
+            with record_function("repq::channel_moments_backward"):
+                return cpu_kernel.kernel().channel_moments_backward(y, mean, grad_mean, grad_var)
         n = y.numel() // y.shape[1]
         shape = (1, -1, 1, 1)
-        return (
-            (y - mean).mul_(grad_var.reshape(shape) * (2.0 / n)).add_(grad_mean.reshape(shape) / n)
-        )
+        centred = y - mean.reshape(shape)
+        return centred.mul_(grad_var.reshape(shape) * (2.0 / n)).add_(grad_mean.reshape(shape) / n)
+
+
+def moments_ops(y: Tensor) -> tuple[Tensor, Tensor]:
+    """:class:`ChannelMoments`'s forward as torch ops: two passes (stable like Welford,
+    faster than ``torch.var_mean`` on the CPU)."""
+    mean = y.mean((0, 2, 3), keepdim=True)
+    var = (y - mean).square_().mean((0, 2, 3))
+    return mean.reshape(-1), var
 
 
 def channel_moments(y: Tensor) -> tuple[Tensor, Tensor]:
@@ -87,58 +104,35 @@ class BatchStats:
         return mean, var
 
 
-def _per_output(moments: Tensor, groups: int, out_channels: int) -> Tensor:
+def per_output(moments: Tensor, groups: int, out_channels: int) -> Tensor:
     """Input-channel moments ``[C_in]`` laid out as ``[out, in / groups]``: each output
     channel sees the input channels of its group."""
     per_group = moments.reshape(groups, 1, -1)
     return per_group.expand(groups, out_channels // groups, -1).reshape(out_channels, -1)
 
 
-def _per_input(values: Tensor, groups: int) -> Tensor:
-    """The adjoint of :func:`_per_output`: ``[out, in / groups]`` summed to ``[C_in]``."""
+def per_input(values: Tensor, groups: int) -> Tensor:
+    """The adjoint of :func:`per_output`: ``[out, in / groups]`` summed to ``[C_in]``."""
     out_channels = values.shape[0]
     return values.reshape(groups, out_channels // groups, -1).sum(1).reshape(-1)
 
 
-class KernelMoments(torch.autograd.Function):
-    """The S3/S8 estimates for one kernel ``W [out, in / groups, kh, kw]``:
-    ``mean_o = sum_{i,t} W_oit E[X_i]`` and ``var_o = sum_{i,t} W_oit^2 V[X_i]``.
-
-    Backward ``dW = dmean E[X] + 2 dvar V[X] W`` is one pass over the kernel; the tap
-    sums are recomputed rather than saved (only the kernel and the moments are kept).
-    """
-
-    @staticmethod
-    def forward(ctx, kernel: Tensor, mean_x: Tensor, var_x: Tensor, groups: int):
-        ksum, energy = _tap_sums(kernel)
-        out_channels = kernel.shape[0]
-        mean = (ksum * _per_output(mean_x, groups, out_channels)).sum(-1)
-        var = (energy * _per_output(var_x, groups, out_channels)).sum(-1)
-        ctx.save_for_backward(kernel, mean_x, var_x)
-        ctx.groups = groups
-        return mean, var
-
-    @staticmethod
-    def backward(ctx, grad_mean: Tensor, grad_var: Tensor):
-        kernel, mean_x, var_x = ctx.saved_tensors
-        groups, out_channels = ctx.groups, kernel.shape[0]
-        grad_kernel = grad_mean_x = grad_var_x = None
-        if ctx.needs_input_grad[0]:
-            by_mean = (grad_mean[:, None] * _per_output(mean_x, groups, out_channels))[..., None]
-            by_var = (2 * grad_var[:, None] * _per_output(var_x, groups, out_channels))[..., None]
-            taps = kernel.flatten(2)
-            grad_kernel = torch.addcmul(by_mean, taps, by_var).view_as(kernel)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            ksum, energy = _tap_sums(kernel)
-            grad_mean_x = _per_input(grad_mean[:, None] * ksum, groups)
-            grad_var_x = _per_input(grad_var[:, None] * energy, groups)
-        return grad_kernel, grad_mean_x, grad_var_x, None
-
-
-def _tap_sums(kernel: Tensor) -> tuple[Tensor, Tensor]:
+def tap_sums(kernel: Tensor) -> tuple[Tensor, Tensor]:
     """``sum_t W_oit`` and ``sum_t W_oit^2`` per ``(out, in)`` pair."""
     taps = kernel.flatten(2)
-    return taps.sum(-1), torch.linalg.vector_norm(taps, dim=-1).square_()
+    return taps.sum(-1), torch.linalg.vector_norm(taps, dim=-1).square()
+
+
+def kernel_moments(
+    kernel: Tensor, mean_x: Tensor, var_x: Tensor, groups: int
+) -> tuple[Tensor, Tensor]:
+    """S3 and S8 for one kernel ``W [out, in / groups, kh, kw]``: ``mean_o = sum_{i,t}
+    W_oit E[X_i]`` and ``var_o = sum_{i,t} W_oit^2 V[X_i]``."""
+    ksum, energy = tap_sums(kernel)
+    out_channels = kernel.shape[0]
+    mean = (ksum * per_output(mean_x, groups, out_channels)).sum(-1)
+    var = (energy * per_output(var_x, groups, out_channels)).sum(-1)
+    return mean, var
 
 
 class EstimatedStats:
@@ -146,6 +140,8 @@ class EstimatedStats:
 
     Border pixels are neglected and the input channels are taken as uncorrelated; the
     input moments are measured once per batch and shared by every branch of a block.
+    Called per branch, it is the reference of the one-node merge that
+    :meth:`ReparamBlock.kernel_bias` runs (:mod:`repq.reparam.estimate`).
     """
 
     def __init__(self, x: Tensor) -> None:
@@ -155,7 +151,7 @@ class EstimatedStats:
     def __call__(self, branch: Branch, block: ReparamBlock) -> tuple[Tensor, Tensor]:
         kernel = branch.kernel
         mean_x, var_x = self.mean_x.to(kernel.dtype), self.var_x.to(kernel.dtype)
-        mean, var = KernelMoments.apply(kernel, mean_x, var_x, block.groups)
+        mean, var = kernel_moments(kernel, mean_x, var_x, block.groups)
         if branch.bias is not None:
             mean = mean + branch.bias
         update_running_stats(branch.norm, mean, var, self.count)

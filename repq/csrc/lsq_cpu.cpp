@@ -130,8 +130,3 @@ torch::Tensor lsq_backward(torch::Tensor x, torch::Tensor grad, torch::Tensor st
   }
   return sums.to(x.scalar_type());
 }
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("fake_quantize", &fake_quantize, "LSQ's forward into out");
-  m.def("lsq_backward", &lsq_backward, "LSQ's input gradient into grad_x; the step sums");
-}

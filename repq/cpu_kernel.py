@@ -1,11 +1,18 @@
-"""LSQ's forward and backward as one pass each on the CPU: a C++ kernel
-(``csrc/lsq_cpu.cpp``) that the package builds on first use (or ``make setup``) with
-torch's extension builder, cached per source, CPU and torch version.
+"""repq's C++ kernels for the CPU, which the package builds on first use (or ``make
+setup``) with torch's extension builder, cached per source, CPU and torch version:
 
-The eager torch ops of :mod:`repq.quant.lsq` stay the reference: the kernel's outputs
-and input gradients are bit-equal to it and its step gradient is summed in double
-(``tests/test_cpu_kernel.py``). Where the kernel cannot build (no C++ compiler), or
-with ``REPQ_CPU_KERNEL=0``, the reference runs instead, after a one-line warning.
+* LSQ's forward and backward as one pass each (``csrc/lsq_cpu.cpp``), for
+  :mod:`repq.quant.lsq`, whose eager torch ops stay the reference: the kernel's outputs
+  and input gradients are bit-equal to it and its step gradient is summed in double
+  (``tests/test_cpu_kernel.py``);
+* RepQ-BNest's per-channel moments of a block's input and their gradient, one pass each
+  (``csrc/moments_cpu.cpp``), and its merge of a block and the merge's backward, one task
+  per output channel (``csrc/merge_cpu.cpp``), for :mod:`repq.reparam.stats` and
+  :mod:`repq.reparam.estimate`, whose torch ops stay the reference
+  (``tests/test_estimate.py``).
+
+Where the kernels cannot build (no C++ compiler), or with ``REPQ_CPU_KERNEL=0``, the
+references run instead, after a one-line warning.
 """
 
 from __future__ import annotations
@@ -24,11 +31,17 @@ from types import ModuleType
 
 import torch
 
-SOURCE = Path(__file__).with_name("csrc") / "lsq_cpu.cpp"
-FLAGS = ["-O3", "-march=native"]
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = tuple(CSRC / f"{n}.cpp" for n in ("lsq_cpu", "moments_cpu", "merge_cpu", "bindings"))
+FLAGS = ["-O3", "-march=native", "-fopenmp"]
+"""``-fopenmp`` compiles ATen's ``parallel_for``, which is inline OpenMP (without it the
+kernels run on one thread); the OpenMP runtime is torch's own, which ``import torch``
+loads for the whole process, so the build links none."""
 DTYPES = (torch.float32, torch.float64)
 ENV = "REPQ_CPU_KERNEL"
-_state = {"enabled": os.environ.get(ENV, "1") != "0"}
+FAMILIES = ("lsq", "bnest")
+"""The kernels, by what they replace: LSQ's quantizer, RepQ-BNest's moments and merge."""
+_state = {"enabled": set(FAMILIES) if os.environ.get(ENV, "1") != "0" else set()}
 
 
 def _cpu_signature() -> str:
@@ -46,9 +59,10 @@ def extension_name() -> str:
     where it is installed: two environments would otherwise rebuild it in turn)."""
     digest = hashlib.sha256()
     torch_build = f"{torch.__version__} {Path(torch.__file__).parent}"
-    for part in (SOURCE.read_text(), " ".join(FLAGS), _cpu_signature(), torch_build):
+    sources = [source.read_text() for source in SOURCES]
+    for part in (*sources, " ".join(FLAGS), _cpu_signature(), torch_build):
         digest.update(part.encode())
-    return f"repq_lsq_cpu_{digest.hexdigest()[:16]}"
+    return f"repq_cpu_{digest.hexdigest()[:16]}"
 
 
 def _find_ninja() -> None:
@@ -69,11 +83,13 @@ def _build(verbose: bool = False) -> ModuleType | None:
     _find_ninja()
 
     try:
-        return load(extension_name(), [str(SOURCE)], extra_cflags=FLAGS, verbose=verbose)
+        return load(
+            extension_name(), [str(s) for s in SOURCES], extra_cflags=FLAGS, verbose=verbose
+        )
     except Exception as error:  # a missing compiler, headers or ninja: fall back
         lines = str(error).strip().splitlines() or [type(error).__name__]
         warnings.warn(
-            f"repq: the CPU LSQ kernel did not build ({lines[0][:100]}); torch ops run "
+            f"repq: the CPU kernels did not build ({lines[0][:100]}); torch ops run "
             f"instead (repq build-kernel shows the compiler's output)",
             RuntimeWarning,
             stacklevel=2,
@@ -82,13 +98,16 @@ def _build(verbose: bool = False) -> ModuleType | None:
 
 
 def kernel() -> ModuleType | None:
-    """The built kernel module; None where it is disabled or cannot build."""
+    """The built kernels' module; None where they are disabled or cannot build."""
     return _build() if _state["enabled"] else None
 
 
-def usable(*tensors: torch.Tensor) -> bool:
-    """Whether the kernel takes these tensors (contiguous, CPU, float32/64, one dtype)."""
+def usable(*tensors: torch.Tensor, family: str = "lsq") -> bool:
+    """Whether the ``family``'s kernels are on and take these tensors (contiguous, CPU,
+    float32/64, one dtype)."""
     first = tensors[0]
+    if family not in _state["enabled"]:
+        return False
     if first.dtype not in DTYPES or torch.compiler.is_compiling():
         return False
     if any(t.device.type != "cpu" or t.dtype != first.dtype for t in tensors):
@@ -97,9 +116,11 @@ def usable(*tensors: torch.Tensor) -> bool:
 
 
 @contextlib.contextmanager
-def enabled(on: bool) -> Iterator[None]:
-    """Use (or not) the kernel inside the block (benchmarks compare both in one process)."""
-    before, _state["enabled"] = _state["enabled"], on
+def enabled(on: bool, families: tuple[str, ...] = FAMILIES) -> Iterator[None]:
+    """Use (or not) these families' kernels inside the block (benchmarks and tests
+    compare both in one process)."""
+    before = set(_state["enabled"])
+    _state["enabled"] = before | set(families) if on else before - set(families)
     try:
         yield
     finally:
@@ -107,10 +128,10 @@ def enabled(on: bool) -> Iterator[None]:
 
 
 def build_and_report() -> str:
-    """Build the kernel now, with the compiler's output (``repq build-kernel``, run by
+    """Build the kernels now, with the compiler's output (``repq build-kernel``, run by
     ``make setup``); say where it is or that torch ops run instead."""
     module = _build(verbose=True) if _state["enabled"] else None
     if module is not None:
-        return f"CPU LSQ kernel: {module.__file__}"
+        return f"CPU kernels: {module.__file__}"
     reason = f"{ENV}=0" if not _state["enabled"] else "it did not build"
-    return f"CPU LSQ kernel: not in use ({reason}); LSQ runs as torch ops"
+    return f"CPU kernels: not in use ({reason}); LSQ and the BNest merge run as torch ops"

@@ -1,0 +1,229 @@
+"""RepQ-BNest's ``M(params)`` for a whole block in one autograd node.
+
+Every branch of a block is folded with its S3/S8 statistics and summed into the deploy
+kernel and bias (:meth:`ReparamBlock.kernel_bias` with :class:`EstimatedStats`): per
+BN branch ``c = sum_{i,t} W_oit E[X_i]``, ``V = sum_{i,t} W_oit^2 V[X_i]``,
+``a = gamma s / sqrt(V + eps)`` (``s`` a layer scale or sign), kernel ``a W`` and bias
+``beta s - a c``; a branch without BN adds ``s W`` and ``s b``. Written out per branch
+with autograd, this is about thirty ops and as many backward nodes a branch, most of
+them over the kernel. Here it is one node, on the branch list alone, so every block gets
+it: on the CPU a C++ kernel that reads each branch kernel once forward and once backward
+(``csrc/merge_cpu.cpp``), elsewhere (CUDA) three kernel-sized torch ops a branch forward
+and four backward. The per-branch path (:meth:`ReparamBlock.merge_branches`) is the
+reference both are tested against (``tests/test_estimate.py``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+from torch.autograd.profiler import record_function
+
+from repq import cpu_kernel
+from repq.reparam.stats import per_input, per_output, tap_sums, update_running_stats
+
+if TYPE_CHECKING:
+    from repq.reparam.base import Branch, ReparamBlock
+
+SLOTS = 5
+"""Tensors a branch passes: kernel, bias, BN weight, BN bias, scale (None where absent)."""
+
+
+def _centred(full: Tensor, kernel: Tensor) -> Tensor:
+    """The view of ``full`` (``[out, in, KH, KW]``) where ``kernel`` sits when centred."""
+    top = (full.shape[2] - kernel.shape[2]) // 2
+    left = (full.shape[3] - kernel.shape[3]) // 2
+    return full[:, :, top : top + kernel.shape[2], left : left + kernel.shape[3]]
+
+
+def _times(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    """``a * b`` where None stands for 1."""
+    if a is None or b is None:
+        return b if a is None else a
+    return a * b
+
+
+def _column(v: Tensor) -> Tensor:
+    return v.reshape(-1, 1, 1, 1)
+
+
+class EstimatedMerge(torch.autograd.Function):
+    """``(kernel, bias, stats)`` of a block under S3/S8; ``stats`` (``[branches, 2,
+    out]``, no gradient) are each BN branch's estimated mean (with its bias) and
+    variance, for the running statistics. On the CPU the C++ kernel
+    (:mod:`repq.cpu_kernel`) computes both directions, else :func:`merge_ops` and
+    :func:`merge_ops_backward`."""
+
+    @staticmethod
+    def forward(ctx, size, groups, eps, mean_x, var_x, *flat):
+        ctx.save_for_backward(mean_x, var_x, *flat)
+        ctx.groups, ctx.eps = groups, eps
+        present = [t for t in flat if t is not None]
+        ctx.on_kernel = cpu_kernel.usable(mean_x, var_x, *present, family="bnest")
+        if ctx.on_kernel:
+            with record_function("repq::estimated_merge"):
+                kernel, bias, stats, *ctx.factors = cpu_kernel.kernel().estimated_merge_forward(
+                    list(flat), [-1.0 if e is None else e for e in eps], mean_x, var_x, groups,
+                    *size,
+                )  # fmt: skip
+        else:
+            kernel, bias, stats, ctx.factors = merge_ops(size, groups, eps, mean_x, var_x, flat)
+        ctx.mark_non_differentiable(stats)
+        return kernel, bias, stats
+
+    @staticmethod
+    def backward(ctx, grad_kernel, grad_bias, _):
+        mean_x, var_x, *flat = ctx.saved_tensors
+        wanted = ctx.needs_input_grad[5:]
+        if ctx.on_kernel:
+            with record_function("repq::estimated_merge_backward"):
+                *grads, grad_mean_x, grad_var_x = cpu_kernel.kernel().estimated_merge_backward(
+                    flat, [-1.0 if e is None else e for e in ctx.eps], mean_x, var_x,
+                    ctx.groups, *ctx.factors, grad_kernel, grad_bias, list(wanted),
+                )  # fmt: skip
+        else:
+            *grads, grad_mean_x, grad_var_x = merge_ops_backward(
+                ctx.groups, ctx.eps, (mean_x, var_x), flat, ctx.factors, (grad_kernel, grad_bias),
+                wanted,
+            )  # fmt: skip
+        return None, None, None, grad_mean_x, grad_var_x, *grads
+
+
+def merge_ops(
+    size: tuple[int, int], groups: int, eps: tuple, mean_x: Tensor, var_x: Tensor, flat: tuple
+) -> tuple[Tensor, Tensor, Tensor, list]:
+    """:class:`EstimatedMerge`'s forward as torch ops; the last item holds what
+    :func:`merge_ops_backward` reads."""
+    out_channels = flat[0].shape[0]
+    m_o, v_o = per_output(mean_x, groups, out_channels), per_output(var_x, groups, out_channels)
+    kernel = flat[0].new_zeros(out_channels, flat[0].shape[1], *size)
+    bias = flat[0].new_zeros(out_channels)
+    saved, stats = [], []
+    for j, e in enumerate(eps):
+        k, b, gamma, beta, scale = flat[SLOTS * j : SLOTS * (j + 1)]
+        if e is None:  # no BN: s W and s b
+            a, folded, sums = scale, _times(scale, b), None
+        else:
+            ksum, energy = tap_sums(k)
+            c, var = (ksum * m_o).sum(-1), (energy * v_o).sum(-1)
+            r = torch.rsqrt(var + e)
+            a = _times(_times(r, gamma), scale)
+            shift = _times(beta, scale)
+            folded = -c * a if shift is None else torch.addcmul(shift, c, a, value=-1)
+            sums = (ksum, energy, c, r)
+            stats.append(torch.stack((c if b is None else c + b, var)))
+        target = _centred(kernel, k)
+        if a is None:
+            target.add_(k)
+        else:
+            target.addcmul_(k, _column(a))
+        if folded is not None:
+            bias.add_(folded)
+        saved.append((a, sums))
+    stats = torch.stack(stats) if stats else bias.new_zeros(0, 2, out_channels)
+    return kernel, bias, stats, saved
+
+
+def merge_ops_backward(
+    groups: int,
+    eps: tuple,
+    moments: tuple[Tensor, Tensor],
+    flat: list,
+    saved: list,
+    grads_out: tuple[Tensor, Tensor],
+    wanted: tuple,
+) -> list[Tensor | None]:
+    """:class:`EstimatedMerge`'s backward as torch ops from the gradients of the kernel
+    and bias: the gradients of ``flat``, then of the input's mean and variance."""
+    (mean_x, var_x), (grad_kernel, grad_bias) = moments, grads_out
+    out_channels = flat[0].shape[0]
+    m_o, v_o = per_output(mean_x, groups, out_channels), per_output(var_x, groups, out_channels)
+    grad_mean_x, grad_var_x = torch.zeros_like(mean_x), torch.zeros_like(var_x)
+    grads = []
+    for j, (e, (a, sums)) in enumerate(zip(eps, saved, strict=True)):
+        tensors = flat[SLOTS * j : SLOTS * (j + 1)]
+        wants = wanted[SLOTS * j : SLOTS * (j + 1)]
+        g = _centred(grad_kernel, tensors[0])
+        if e is None:
+            grads += _plain_branch_grads(g, grad_bias, tensors, a, wants)
+            continue
+        ksum, energy, c, r = sums
+        grad_a = (g * tensors[0]).sum((1, 2, 3)).sub_(grad_bias * c)
+        grad_c = -grad_bias * a
+        grad_var, branch = _norm_branch_grads(grad_a, grad_bias, tensors, r, wants)
+        if wants[0]:
+            by_mean = (grad_c[:, None] * m_o)[..., None, None]
+            by_var = (2 * grad_var[:, None] * v_o)[..., None, None]
+            grad_k = torch.addcmul(by_mean, tensors[0], by_var)
+            branch[0] = grad_k.addcmul_(g, _column(a))
+        grad_mean_x += per_input(grad_c[:, None] * ksum, groups)
+        grad_var_x += per_input(grad_var[:, None] * energy, groups)
+        grads += branch
+    return [*grads, grad_mean_x, grad_var_x]
+
+
+def _plain_branch_grads(
+    g: Tensor, grad_bias: Tensor, tensors: tuple, a: Tensor | None, wants: tuple
+) -> list[Tensor | None]:
+    """Gradients of ``(W, b, -, -, s)`` of a branch without BN: kernel ``s W``, bias ``s b``."""
+    k, b, _, _, scale = tensors
+    grad_k = (g.clone() if a is None else g * _column(a)) if wants[0] else None
+    grad_b = _times(grad_bias, scale) if wants[1] else None
+    grad_s = None
+    if wants[4]:
+        grad_s = (g * k).sum((1, 2, 3))
+        grad_s = grad_s if b is None else grad_s + grad_bias * b
+    return [grad_k, grad_b, None, None, grad_s]
+
+
+def _norm_branch_grads(
+    grad_a: Tensor, grad_bias: Tensor, tensors: tuple, r: Tensor, wants: tuple
+) -> tuple[Tensor, list[Tensor | None]]:
+    """The gradient of ``V`` and those of ``(-, b, gamma, beta, s)`` of a BN branch from
+    the gradient of its fold factor ``a = gamma s r`` (``r = 1 / sqrt(V + eps)``) and of
+    the bias ``beta s - a c``. The conv bias ``b`` cancels in ``b - (c + b)``: its
+    gradient is zero, as in the per-branch fold."""
+    _, b, gamma, beta, scale = tensors
+    grad_r = _times(_times(grad_a, gamma), scale)
+    grad_var = grad_r * r.pow(3) * -0.5
+    grad_b = torch.zeros_like(b) if wants[1] else None
+    grad_gamma = _times(grad_a * r, scale) if wants[2] else None
+    grad_beta = _times(grad_bias, scale) if wants[3] else None
+    grad_s = None
+    if wants[4]:
+        grad_s = grad_a * _times(r, gamma)
+        grad_s = grad_s if beta is None else grad_s + grad_bias * beta
+    return grad_var, [None, grad_b, grad_gamma, grad_beta, grad_s]
+
+
+def _branch_tensors(branch: Branch) -> tuple[Tensor | None, ...]:
+    norm = branch.norm
+    affine = norm is not None and norm.affine
+    return (
+        branch.kernel,
+        branch.bias,
+        norm.weight if affine else None,
+        norm.bias if affine else None,
+        branch.scale,
+    )
+
+
+def estimated_kernel_bias(
+    block: ReparamBlock, mean_x: Tensor, var_x: Tensor, count: int
+) -> tuple[Tensor, Tensor]:
+    """The block's kernel and bias folded with S3/S8 statistics of an input with
+    per-channel moments ``mean_x``, ``var_x`` over ``count`` values a channel; updates
+    each BN's running statistics as ``nn.BatchNorm2d`` does."""
+    branches = block.branches()
+    dtype = branches[0].kernel.dtype
+    eps = tuple(None if b.norm is None else b.norm.eps for b in branches)
+    flat = [None if t is None else t.contiguous() for b in branches for t in _branch_tensors(b)]
+    kernel, bias, stats = EstimatedMerge.apply(
+        block.kernel_size, block.groups, eps, mean_x.to(dtype), var_x.to(dtype), *flat
+    )
+    norms = [b.norm for b in branches if b.norm is not None]
+    for norm, (mean, var) in zip(norms, stats, strict=True):
+        update_running_stats(norm, mean, var, count)
+    return kernel, bias
