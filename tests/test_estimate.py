@@ -212,3 +212,12 @@ def test_the_merge_kernel_does_not_depend_on_the_number_of_threads():
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(one, many, strict=True))
+
+
+@pytest.mark.skipif(cpu_kernel.kernel() is None, reason="the kernels did not build")
+def test_the_merge_kernel_refuses_a_branch_kernel_larger_than_the_block():
+    """A 5x5 branch in a 3x3 block would write outside the merged kernel's rows."""
+    flat = [torch.randn(4, 4, 5, 5), None, None, None, None]
+    moments = (torch.randn(4), torch.rand(4))
+    with pytest.raises(RuntimeError, match="centre in the block's"):
+        cpu_kernel.kernel().estimated_merge_forward(flat, [-1.0], *moments, 1, 3, 3)

@@ -293,13 +293,35 @@ Geometry geometry(const torch::Tensor& first, int64_t groups, int64_t kh, int64_
   return {out, first.size(1), out / groups, kh, kw};
 }
 
-void check(const Flat& flat, const std::vector<double>& eps, const torch::Tensor& mean_x) {
+// Every shape the loops index by: the branch kernels [out, in / groups, h <= kh, w <= kw]
+// (centred: kh - h and kw - w even), their vectors [out], the input moments [in].
+void check(const Flat& flat, const std::vector<double>& eps, const torch::Tensor& mean_x,
+           const torch::Tensor& var_x, int64_t groups, int64_t kh, int64_t kw) {
   TORCH_CHECK(!eps.empty() && flat.size() == kSlots * eps.size(), "five tensors a branch");
-  for (size_t j = 0; j < eps.size(); ++j) TORCH_CHECK(flat[kSlots * j].has_value(), "a branch needs a kernel");
+  TORCH_CHECK(flat[0].has_value() && flat[0]->dim() == 4, "a branch needs a 4-d kernel");
+  const int64_t out = flat[0]->size(0), in = flat[0]->size(1);
+  TORCH_CHECK(groups > 0 && out % groups == 0, "out channels must split into the groups");
+  for (const auto* m : {&mean_x, &var_x}) {
+    TORCH_CHECK(m->device().is_cpu() && m->dim() == 1 && m->numel() == in * groups,
+                "input moments must be CPU vectors of in / groups * groups values");
+  }
+  for (size_t j = 0; j < eps.size(); ++j) {
+    const auto& k = flat[kSlots * j];
+    TORCH_CHECK(k.has_value() && k->dim() == 4 && k->size(0) == out && k->size(1) == in,
+                "every branch kernel must be [out, in / groups, h, w]");
+    const int64_t h = k->size(2), w = k->size(3);
+    TORCH_CHECK(h <= kh && w <= kw && (kh - h) % 2 == 0 && (kw - w) % 2 == 0,
+                "a branch kernel must centre in the block's");
+    for (int64_t s = 1; s < kSlots; ++s) {
+      const auto& v = flat[kSlots * j + s];
+      TORCH_CHECK(!v.has_value() || v->numel() == out, "branch vectors must hold out values");
+    }
+  }
   for (const auto& t : flat) {
     TORCH_CHECK(!t.has_value() || (t->device().is_cpu() && t->scalar_type() == mean_x.scalar_type()),
                 "every tensor must be on the CPU, of one dtype");
   }
+  TORCH_CHECK(var_x.scalar_type() == mean_x.scalar_type(), "every tensor must be of one dtype");
 }
 
 }  // namespace
@@ -310,7 +332,7 @@ void check(const Flat& flat, const std::vector<double>& eps, const torch::Tensor
 std::vector<torch::Tensor> estimated_merge_forward(const Flat& flat, const std::vector<double>& eps,
                                                    torch::Tensor mean_x, torch::Tensor var_x,
                                                    int64_t groups, int64_t kh, int64_t kw) {
-  check(flat, eps, mean_x);
+  check(flat, eps, mean_x, var_x, groups, kh, kw);
   mean_x = mean_x.contiguous();
   var_x = var_x.contiguous();
   const auto g = geometry(*flat[0], groups, kh, kw);
@@ -337,8 +359,14 @@ std::vector<torch::Tensor> estimated_merge_backward(
     const Flat& flat, const std::vector<double>& eps, torch::Tensor mean_x, torch::Tensor var_x,
     int64_t groups, torch::Tensor factors, torch::Tensor grad_kernel, torch::Tensor grad_bias,
     const std::vector<bool>& wanted) {
-  check(flat, eps, mean_x);
+  check(flat, eps, mean_x, var_x, groups, grad_kernel.size(2), grad_kernel.size(3));
   TORCH_CHECK(wanted.size() == flat.size(), "one flag a tensor");
+  TORCH_CHECK(grad_kernel.dim() == 4 && grad_kernel.size(0) == flat[0]->size(0) &&
+                  grad_kernel.size(1) == flat[0]->size(1) && grad_bias.numel() == flat[0]->size(0),
+              "the gradients must be of the merged kernel and bias");
+  TORCH_CHECK(factors.dim() == 3 && factors.size(0) == int64_t(eps.size()) && factors.size(1) == 3 &&
+                  factors.size(2) == flat[0]->size(0) && factors.scalar_type() == mean_x.scalar_type(),
+              "factors must be the forward's");
   mean_x = mean_x.contiguous();
   var_x = var_x.contiguous();
   factors = factors.contiguous();
