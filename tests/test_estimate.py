@@ -19,6 +19,7 @@ from repq.reparam.estimate import EstimatedMerge, estimated_kernel_bias
 from repq.reparam.stats import channel_moments
 
 PATHS = {"kernel": True, "torch-ops": False}
+NEEDS_KERNELS = pytest.mark.skipif(cpu_kernel.kernel() is None, reason="the kernels did not build")
 NORM_CASES = [(i, f) for i, f in zip(IDS, FACTORIES, strict=True) if f().has_norm]
 
 
@@ -149,7 +150,7 @@ def test_the_kernel_and_the_torch_ops_agree_in_float32():
         assert rel_err(got, expected) <= 2e-6
 
 
-@pytest.mark.skipif(cpu_kernel.kernel() is None, reason="the kernels did not build")
+@NEEDS_KERNELS
 def test_a_bnest_step_runs_the_block_merge_as_one_kernel_call():
     """One ``repq::estimated_merge`` (and its backward) per block and step: the per-branch
     fold would not show it, and the torch ops not as a kernel."""
@@ -188,7 +189,7 @@ def test_the_channel_moments_kernel_passes_gradcheck():
         assert torch.autograd.gradcheck(channel_moments, (y,), fast_mode=True)
 
 
-@pytest.mark.skipif(cpu_kernel.kernel() is None, reason="the kernels did not build")
+@NEEDS_KERNELS
 def test_the_merge_kernel_does_not_depend_on_the_number_of_threads():
     """The input moments' gradient is summed over blocks of 16 output channels in a fixed
     order, whatever the threads: bit-equal results on one thread and on several (40
@@ -214,7 +215,7 @@ def test_the_merge_kernel_does_not_depend_on_the_number_of_threads():
     assert all(torch.equal(a, b) for a, b in zip(one, many, strict=True))
 
 
-@pytest.mark.skipif(cpu_kernel.kernel() is None, reason="the kernels did not build")
+@NEEDS_KERNELS
 def test_the_merge_kernel_refuses_a_branch_kernel_larger_than_the_block():
     """A 5x5 branch in a 3x3 block would write outside the merged kernel's rows."""
     flat = [torch.randn(4, 4, 5, 5), None, None, None, None]

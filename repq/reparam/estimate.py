@@ -59,15 +59,16 @@ class EstimatedMerge(torch.autograd.Function):
     @staticmethod
     def forward(ctx, size, groups, eps, mean_x, var_x, *flat):
         ctx.save_for_backward(mean_x, var_x, *flat)
-        ctx.groups, ctx.eps = groups, eps
         present = [t for t in flat if t is not None]
         ctx.on_kernel = cpu_kernel.usable(mean_x, var_x, *present, family="bnest")
+        # the kernel's "no BN" is a negative eps
+        ctx.groups = groups
+        ctx.eps = [-1.0 if e is None else e for e in eps] if ctx.on_kernel else eps
         if ctx.on_kernel:
             with record_function("repq::estimated_merge"):
                 kernel, bias, stats, *ctx.factors = cpu_kernel.kernel().estimated_merge_forward(
-                    list(flat), [-1.0 if e is None else e for e in eps], mean_x, var_x, groups,
-                    *size,
-                )  # fmt: skip
+                    list(flat), ctx.eps, mean_x, var_x, groups, *size
+                )
         else:
             kernel, bias, stats, ctx.factors = merge_ops(size, groups, eps, mean_x, var_x, flat)
         ctx.mark_non_differentiable(stats)
@@ -80,8 +81,8 @@ class EstimatedMerge(torch.autograd.Function):
         if ctx.on_kernel:
             with record_function("repq::estimated_merge_backward"):
                 *grads, grad_mean_x, grad_var_x = cpu_kernel.kernel().estimated_merge_backward(
-                    flat, [-1.0 if e is None else e for e in ctx.eps], mean_x, var_x,
-                    ctx.groups, *ctx.factors, grad_kernel, grad_bias, list(wanted),
+                    flat, ctx.eps, mean_x, var_x, ctx.groups, *ctx.factors, grad_kernel,
+                    grad_bias, list(wanted),
                 )  # fmt: skip
         else:
             *grads, grad_mean_x, grad_var_x = merge_ops_backward(
