@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import difflib
+import functools
 import hashlib
 import json
 import math
@@ -107,6 +109,7 @@ def coerce_scalars(instance: Any, schema: dict) -> Any:
     return instance
 
 
+@functools.cache
 def _schema() -> dict:
     text = resources.files("repq").joinpath("recipe.schema.yaml").read_text()
     return yaml.safe_load(text)
@@ -128,6 +131,45 @@ def validate(config: dict) -> dict:
         )
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
     return config
+
+
+def recipe_keys(schema: dict | None = None, prefix: str = "") -> list[str]:
+    """Every dotted key the recipe schema names (a free-form section, such as
+    ``model.kwargs``, as itself: any key below it is accepted)."""
+    schema = _schema() if schema is None else schema
+    keys = []
+    for name, child in schema.get("properties", {}).items():
+        dotted = f"{prefix}{name}"
+        keys.append(dotted)
+        keys += recipe_keys(child, f"{dotted}.")
+    return keys
+
+
+def is_recipe_key(key: str) -> bool:
+    """Whether ``key`` (``train.qat.epochs``, ``model.kwargs.width_mult``) is a key of
+    the recipe schema, or lies below a free-form section of it (``model.kwargs``)."""
+    node = _schema()
+    for part in key.split("."):
+        properties, extra = node.get("properties", {}), node.get("additionalProperties")
+        if part in properties:
+            node = properties[part]
+        elif isinstance(extra, dict):
+            node = extra
+        else:
+            return not properties and node.get("type") == "object" and extra is not False
+    return True
+
+
+def check_keys(overrides: dict, where: str) -> None:
+    """A one-line ConfigError for the first dotted key of ``overrides`` that is not a
+    recipe key (with the closest recipe keys)."""
+    for key in overrides:
+        if not is_recipe_key(key):
+            close = difflib.get_close_matches(key, recipe_keys(), n=2)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise ConfigError(
+                f"{where}: {key!r} is not a recipe key (repq/recipe.schema.yaml){hint}"
+            )
 
 
 def _message(error: jsonschema.ValidationError) -> str:

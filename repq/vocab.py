@@ -29,6 +29,16 @@ PTQ_METHOD = "merged"
 and stops after calibration."""
 
 
+BASE_VARIANT = "base"
+"""The variant of every experiment as configured, without a variant's overrides: the
+reference the workflow's named variants (``variants:``, the ablations) are read against.
+Every run's folder names its variant (``runs/<experiment>/<variant>/seed<k>/<stage>``)."""
+
+VARIANT_SCOPES = ("all", "quantized")
+"""The stages a variant's overrides apply to: ``all`` (it trains FP models of its own) or
+``quantized`` (its PTQ and QAT stages start from the base variant's FP models)."""
+
+
 @dataclass(frozen=True)
 class Method:
     """A QAT method of the paper (its model transformation lives in :mod:`repq.qat`).

@@ -1,5 +1,5 @@
-"""Hand-made workflow results (``runs/<experiment>/seed<k>/evaluation.json`` and each
-run's ``config.json``)."""
+"""Hand-made workflow results (``runs/<experiment>/<variant>/seed<k>/evaluation.json``
+and each run's ``config.json``)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ def write_run(
     seed: int = 0,
     train: dict | None = None,
     per_item: dict[str, list[float]] | None = None,
+    variant: str = "base",
+    quant: dict | None = None,
 ) -> Path:
     """Add one evaluated run as the workflow writes it (``per_item``: its values per
     validation item, as ``repq evaluate`` writes them); returns its folder."""
-    seeded = runs / experiment / f"seed{seed}"
+    seeded = runs / experiment / variant / f"seed{seed}"
     folder = seeded / stage
     folder.mkdir(parents=True, exist_ok=True)
     config = {
@@ -30,6 +32,10 @@ def write_run(
         "data": data or {},
         "train": {**(train or {}), "seed": seed},
     }
+    if quant:
+        config["quant"] = quant
+    if variant != "base":
+        config["tracking"] = {"variant": variant}
     (folder / "config.json").write_text(json.dumps(config))
     evaluation = seeded / "evaluation.json"
     content = json.loads(evaluation.read_text()) if evaluation.exists() else {"results": []}
@@ -41,10 +47,12 @@ def write_run(
     return folder
 
 
-def write_export(runs: Path, experiment: str, seed: int, report: dict) -> None:
-    """Add one exported model to ``runs/<experiment>/seed<k>/export.json`` as
+def write_export(
+    runs: Path, experiment: str, seed: int, report: dict, variant: str = "base"
+) -> None:
+    """Add one exported model to ``runs/<experiment>/<variant>/seed<k>/export.json`` as
     ``repq export --summary`` writes it."""
-    summary = runs / experiment / f"seed{seed}" / "export.json"
+    summary = runs / experiment / variant / f"seed{seed}" / "export.json"
     summary.parent.mkdir(parents=True, exist_ok=True)
     content = json.loads(summary.read_text()) if summary.exists() else {"results": []}
     content["results"].append(report)

@@ -21,6 +21,7 @@ from repq.report.claims import (
     claims_table,
     close,
     loses_at_most,
+    verdicts_table,
 )
 from repq.report.claims import to_markdown as claims_markdown
 from repq.report.figures import delta_bars
@@ -83,14 +84,30 @@ def test_deltas_are_paired_by_seed_and_from_the_fp_stage_a_method_starts_from(ru
 
 def test_missing_runs_and_methods_that_do_not_apply(runs):
     superres = task_tables(collect(runs))["superres"]
-    assert list(superres["method"]) == ["FP", "PTQ", "Merged", "RepQ", "PTQ", "Merged", "RepQ"]
-    assert superres.iloc[5]["a PSNR"].mean == 33.5
+    # no row has a PTQ or an 8-bit run: those stages are not configured, and left out
+    assert list(superres["method"]) == ["FP", "Merged", "RepQ"]
+    assert superres.iloc[1]["a PSNR"].mean == 33.5
     assert "RepQ-BNest" not in set(superres["method"])  # no BN
     repq4 = superres[(superres["method"] == "RepQ") & (superres["bits"] == 4)].iloc[0]
     assert repq4["a PSNR"].mean == 33.7 and repq4["b SSIM"].mean == 0.84
-    assert superres.iloc[1]["a PSNR"] == "no run"
-    write_run(runs, "ecbsr_x2", "fp", {"psnr/a": 1.0}, "ecbsr", "superres", seed=1)
     assert "n/a" not in to_markdown(superres)
+    # one experiment's PTQ run makes the stage configured: the other's says "no run"
+    x4 = {"psnr/a": 30.0, "ssim/a": 0.8, "psnr/b": 27.0, "ssim/b": 0.7}
+    write_run(runs, "ecbsr_x4", "ptq-4", x4, "ecbsr", "superres", {"scale": 4})
+    superres = task_tables(collect(runs))["superres"]
+    x2 = superres[superres["model"] == "ECBSR x2"]
+    assert list(x2["method"]) == ["FP", "PTQ", "Merged", "RepQ"]
+    assert x2.iloc[1]["a PSNR"] == "no run"
+
+
+def test_columns_of_stages_no_row_has_a_run_of_are_left_out(tmp_path):
+    for stage in ("fp", "qat-repq-4"):
+        write_run(tmp_path, "repvgg_a0", stage, {"top1": 50.0})
+    write_run(tmp_path, "ac_resnet18", "fp", {"top1": 60.0}, model="ac_resnet18")
+    table = task_tables(collect(tmp_path))["classification"]
+    assert list(table.columns) == ["model", "FP", "4-bit RepQ", "4-bit RepQ Δ"]
+    ac = table[table["model"] == "AC-ResNet-18"].iloc[0]
+    assert ac["4-bit RepQ"] == "no run"  # configured (another row has it)
 
 
 def test_bold_marks_the_best_mean_per_bit_width(runs):
@@ -145,7 +162,7 @@ def test_claims_pair_items_seed_by_seed_and_average_them_over_seeds(tmp_path):
         for stage, items in (("fp", fp), ("qat-repq-8", repq)):
             top1 = {"top1": sum(items) / len(items)}
             write_run(tmp_path, "a0", stage, top1, seed=seed, per_item={"top1": items})
-    (row,) = claims_table(tmp_path, collect(tmp_path)).to_dict("records")
+    (row,) = claims_table(collect(tmp_path)).to_dict("records")
     # seeds: (-25, -25), no spread; items averaged over seeds: (0, 0, -50, -50)
     # s^2 = 2500/3 over N = 4, df 3: half width t(0.975, 3) * sqrt(2500/12)
     assert row["n"] == 2 and row["items"] == 4 and row["mean"] == pytest.approx(-25.0)
@@ -158,7 +175,7 @@ def test_claims_ignore_items_that_do_not_pair(tmp_path):
         for stage, value in (("fp", 50.0 + seed), ("qat-repq-8", 49.0 + seed)):
             items = [value] * count
             write_run(tmp_path, "a0", stage, {"top1": value}, seed=seed, per_item={"top1": items})
-    (row,) = claims_table(tmp_path, collect(tmp_path)).to_dict("records")
+    (row,) = claims_table(collect(tmp_path)).to_dict("records")
     assert row["items"] == 0 and row["ci_low"] == row["ci_high"] == -1.0
 
 
@@ -204,7 +221,7 @@ def test_verdicts_follow_the_interval(test, low, high, margin, verdict):
 
 
 def test_claims_on_synthetic_results(runs):
-    table = claims_table(runs, collect(runs)).set_index(["model", "claim"])
+    table = claims_table(collect(runs)).set_index(["model", "claim"])
     a0 = table.loc["RepVGG-A0"]
     # 8-bit RepQ - FP = (0.1, 0.0, -0.1): CI +-0.25, inside (-1, inf)
     assert a0.loc["8-bit RepQ loses at most 1 point against FP", "verdict"] == HOLDS
@@ -232,7 +249,7 @@ def test_the_lr_claim_compares_experiments_that_differ_only_in_that_lr(tmp_path)
     # differs in the epochs too: not an LR variant of a0
     train = {"lr": {**lr, "merged_8bit": 0.01}, "epochs": 9}
     write_run(tmp_path, "a0_long", "qat-merged-8", {"top1": 1.0}, train=train)
-    table = claims_table(tmp_path, collect(tmp_path))
+    table = claims_table(collect(tmp_path))
     (row,) = table[table["claim"] == "8-bit Merged is better with the lower LR"].to_dict("records")
     assert row["difference"] == "a0 - a0_lr" and row["mean"] == pytest.approx(0.8)
     assert row["verdict"] == HOLDS
@@ -244,10 +261,10 @@ def test_lr_variants_are_found_whatever_the_seed_and_key_order(tmp_path):
     for seed, name, merged in ((0, "a0", 0.001), (1, "a0", 0.001), (1, "a0_lr", 0.01)):
         train = {"lr": {**lr, "merged_8bit": merged}}
         write_run(tmp_path, name, "qat-merged-8", {"top1": 70.0}, seed=seed, train=train)
-    config = tmp_path / "a0_lr" / "seed1" / "qat-merged-8" / "config.json"
+    config = tmp_path / "a0_lr" / "base" / "seed1" / "qat-merged-8" / "config.json"
     content = json.loads(config.read_text())
     config.write_text(json.dumps(dict(reversed(content.items()))))
-    assert _lr_variants(tmp_path, collect(tmp_path)) == [("a0", "a0_lr")]
+    assert _lr_variants(collect(tmp_path)) == [(("a0", "base"), ("a0_lr", "base"))]
 
 
 def test_the_figure_plots_the_tables_deltas(runs):
@@ -361,54 +378,71 @@ def test_a_task_without_a_margin_resolves_no_margin_claim(tmp_path):
     for seed, (fp, repq) in enumerate([(50.0, 49.9), (51.0, 51.0), (52.0, 52.1)]):
         for stage, value in (("fp", fp), ("qat-repq-8", repq)):
             write_run(tmp_path, "d", stage, {"miou": value}, "seg", "segmentation", seed=seed)
-    (row,) = claims_table(tmp_path, collect(tmp_path)).to_dict("records")
+    (row,) = claims_table(collect(tmp_path)).to_dict("records")
     assert row["claim"] == "8-bit RepQ loses at most an unset margin against FP"
     assert row["verdict"] == NOT_RESOLVED and row["n"] == 3
 
 
 def test_no_claim_gives_an_empty_table_with_the_columns(tmp_path):
     write_run(tmp_path, "a0", "fp", {"top1": 70.0})
-    table = claims_table(tmp_path, collect(tmp_path))
+    table = claims_table(collect(tmp_path))
     assert table.empty
     assert list(table.columns) == [
-        *("claim", "model", "difference", "metric", "n", "items", "mean", "ci_low", "ci_high"),
-        "verdict",
+        *("claim", "model", "variant", "difference", "metric", "n", "items", "mean"),
+        *("ci_low", "ci_high", "per_seed", "verdict"),
     ]
 
 
-def test_the_claims_markdown(tmp_path):
-    rows = [
-        {
-            "claim": "c1",
-            "model": "M",
-            "difference": "a - b",
-            "metric": "top1",
-            "n": 3,
-            "items": 1200,
-            "mean": 1.234,
-            "ci_low": 0.5,
-            "ci_high": 1.968,
-            "verdict": HOLDS,
-        },
-        {
-            "claim": "c2",
-            "model": "M",
-            "difference": "a - c",
-            "metric": "top1",
-            "n": 1,
-            "items": 0,
-            "mean": -0.5,
-            "ci_low": math.nan,
-            "ci_high": math.nan,
-            "verdict": NOT_RESOLVED,
-        },
-    ]
+def _claim_row(claim: str, variant: str, **values) -> dict:
+    row = {
+        "claim": claim,
+        "model": "M",
+        "variant": variant,
+        "difference": "a - b",
+        "metric": "top1",
+        "n": 3,
+        "items": 1200,
+        "mean": 1.234,
+        "ci_low": 0.5,
+        "ci_high": 1.968,
+        "per_seed": "+1.00 +1.20 +1.50",
+        "verdict": HOLDS,
+    }
+    return row | values
+
+
+def test_the_claims_markdown():
+    one_seed = {"difference": "a - c", "n": 1, "items": 0, "mean": -0.5, "per_seed": "-0.50"}
+    unresolved = {"ci_low": math.nan, "ci_high": math.nan, "verdict": NOT_RESOLVED}
+    rows = [_claim_row("c1", "base"), _claim_row("c2", "base", **one_seed, **unresolved)]
     assert claims_markdown(pd.DataFrame(rows)) == (
-        "| claim | model | difference (metric) | seeds | items | mean | 95% CI | verdict |\n"
-        "|---|---|---|---|---|---|---|---|\n"
-        "| c1 | M | a - b (top1) | 3 | 1200 | +1.23 | [+0.50, +1.97] | **holds** |\n"
-        "| c2 | M | a - c (top1) | 1 | — | -0.50 | — | **not resolved** |\n"
+        "| claim | model | difference (metric) | seeds | items | mean | 95% CI | per seed "
+        "| verdict |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
+        "| c1 | M | a - b (top1) | 3 | 1200 | +1.23 | [+0.50, +1.97] | +1.00 +1.20 +1.50 "
+        "| **holds** |\n"
+        "| c2 | M | a - c (top1) | 1 | — | -0.50 | — | -0.50 | **not resolved** |\n"
     )
+    # two variants: a variant column after the model
+    rows = [_claim_row("c1", "base"), _claim_row("c1", "lr_x3", verdict=CONTRADICTED)]
+    lines = claims_markdown(pd.DataFrame(rows)).splitlines()
+    assert lines[0].startswith("| claim | model | variant | difference (metric) |")
+    assert lines[3].startswith("| c1 | M | lr_x3 | a - b (top1) |")
+    assert lines[3].endswith("| **contradicted** |")
+
+
+def test_the_verdicts_put_each_variant_beside_the_base():
+    rows = [
+        _claim_row("c1", "width1", verdict=CONTRADICTED, mean=-2.0),
+        _claim_row("c1", "base", mean=1.5),
+        _claim_row("c2", "base", verdict=NOT_RESOLVED, mean=0.25),
+    ]
+    table = verdicts_table(pd.DataFrame(rows))
+    assert list(table.columns) == ["claim", "model", "base", "width1"]
+    assert table.to_dict("records") == [
+        {"claim": "c1", "model": "M", "base": "holds (+1.50)", "width1": "contradicted (-2.00)"},
+        {"claim": "c2", "model": "M", "base": "not resolved (+0.25)", "width1": "—"},
+    ]
 
 
 def test_the_written_report_files(runs):
@@ -422,11 +456,12 @@ def test_the_written_report_files(runs):
     tasks = ("classification", "superres")
     expected = {f"{t}.{ext}" for t in tasks for ext in ("md", "csv", "tex")}
     expected |= {"claims.md", "claims.csv", "runs.csv", "drop.png", "drop.svg"}
+    expected |= {"seeds.md", "seeds.csv", "verdicts.md", "verdicts.csv"}
     expected |= {"deployment.md", "deployment.csv"}
     assert {p.name for p in written} == expected
     assert "| RepVGG-A0 | 4-bit RepQ |" in (out / "deployment.md").read_text()
     results = collect(runs)
-    claims = claims_table(runs, results)
+    claims = claims_table(results)
     assert (out / "claims.md").read_text() == claims_markdown(claims)
     read = pd.read_csv(out / "claims.csv")
     assert list(read.columns) == list(claims.columns)
@@ -439,7 +474,8 @@ def test_the_written_report_files(runs):
             to_csv_frame(tables[task]).columns
         )
     values = pd.read_csv(out / "runs.csv")
-    assert list(values.columns) == ["experiment", "model", "seed", "stage", "metric", "value"]
+    columns = ["experiment", "variant", "model", "seed", "stage", "metric", "value"]
+    assert list(values.columns) == columns
     row = values[(values["stage"] == "qat-repq-4") & (values["seed"] == 2)].iloc[0]
     assert (row["experiment"], row["model"], row["metric"]) == ("repvgg_a0", "RepVGG-A0", "top1")
     assert row["value"] == A0["qat-repq-4"][2]
@@ -525,7 +561,7 @@ def test_a_model_without_bn_shows_n_a_where_bnest_does_not_apply(tmp_path):
     (row,) = task_tables(collect(tmp_path))["classification"].to_dict("records")
     assert next(iter(row)) == "model" and row["model"] == "ECBSR"
     assert row["FP-BNest"] == row["8-bit RepQ-BNest"] == row["8-bit RepQ-BNest Δ"] == "n/a"
-    assert row["8-bit RepQ Δ"].values == (-1.0,) and row["8-bit Merged"] == "no run"
+    assert row["8-bit RepQ Δ"].values == (-1.0,) and "8-bit Merged" not in row  # not run
 
 
 def test_a_metric_without_a_test_set_keeps_its_name(tmp_path):
@@ -559,6 +595,8 @@ def test_latex_rows_separate_cells_with_ampersands(runs):
 
 
 def test_the_csv_frame_gives_numbers_and_seed_counts(runs):
+    x4 = {"psnr/a": 30.0, "ssim/a": 0.8, "psnr/b": 27.0, "ssim/b": 0.7}
+    write_run(runs, "ecbsr_x4", "ptq-4", x4, "ecbsr", "superres", {"scale": 4})
     frame = to_csv_frame(task_tables(collect(runs))["superres"])
     assert frame["method"].tolist()[:2] == ["FP", "PTQ"] and frame["bits"].tolist()[0] == 32
     assert frame["a PSNR"].iloc[0] == 34.0 and frame["a PSNR n"].iloc[0] == 1

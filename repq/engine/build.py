@@ -9,7 +9,7 @@ from torch import nn
 from repq.engine.checkpoint import load_checkpoint, load_state
 from repq.errors import CheckpointError
 from repq.models import create
-from repq.qat import fp_form, prepare, to_deploy
+from repq.qat import QatOptions, fp_form, prepare, to_deploy
 from repq.quant.init import QuantInit
 from repq.reparam import reparameterize
 from repq.vocab import Stage
@@ -35,15 +35,17 @@ def load_init(model: nn.Module, init: str | Path, stage: Stage) -> None:
 def build_model(config: dict, stage: Stage, init: str | Path | None = None) -> nn.Module:
     """The model of a job. A quantized stage loads ``init`` (if given) into its float
     model before :func:`repq.qat.prepare` (PTQ and the Merged baseline merge that model);
-    its steps are initialised by the recipe's ``quant`` rules when it is calibrated."""
+    its steps are initialised by the recipe's ``quant`` rules when it is calibrated, and
+    its layers train as ``quant.bn_stats`` and ``quant.train_bias`` say."""
     if not stage.quantized:
         return float_model(config, stage.name)
     model = float_model(config, stage.init.name)
     if init is not None:
         load_init(model, init, stage)
     keep_bn = config["model"].get("bnest_keep_bn")
-    quant = QuantInit.from_config(config)
-    return prepare(model, stage.quant_method, stage.bits, keep_bn=keep_bn, init=quant)
+    quant, options = QuantInit.from_config(config), QatOptions.from_config(config)
+    method = stage.quant_method
+    return prepare(model, method, stage.bits, keep_bn=keep_bn, init=quant, options=options)
 
 
 def deploy_form(model: nn.Module, stage: Stage) -> nn.Module:

@@ -14,16 +14,16 @@ from repq.engine.build import deploy_form, model_from_file
 from repq.engine.distributed import Context, setup
 from repq.engine.tasks import Task, make_task, means
 from repq.files import atomic_write
-from repq.tracking import Tracker, run_tags
+from repq.tracking import Tracker, run_name, run_tags
 
 
 def _evaluate_one(task: Task, tracker: Tracker, ctx: Context, config: dict, path: Path) -> dict:
     """Evaluate one ``model.pt`` in its own MLflow run; returns its result."""
     model, content, stage = model_from_file(path)
     name = content["config"]["model"]["name"]
-    run_name = f"{name}/eval-{stage}"
+    label = run_name(content["config"], f"eval-{stage}")
     params = {**flatten(config), "model_file": str(path)}
-    tracker.start(run_name, run_tags(content["config"], stage, "evaluate"), params)
+    tracker.start(label, run_tags(content["config"], stage, "evaluate"), params)
     try:
         scores = task.scores(deploy_form(model.to(ctx.device), stage), ctx.device)
     except BaseException:
@@ -33,7 +33,7 @@ def _evaluate_one(task: Task, tracker: Tracker, ctx: Context, config: dict, path
     tracker.log_metrics(metrics, 0)
     tracker.flush(timeout=5)  # the store's run id
     result = {
-        "name": run_name,
+        "name": label,
         "task": content["config"]["task"],
         "model": name,
         "stage": str(stage),

@@ -25,8 +25,10 @@ def lr_scale(train: dict) -> float:
 
 
 def run_lr(train: dict, stage: Stage) -> float:
-    """The LR of a job: FP, quantized, or Merged 8-bit (Table S1), scaled."""
-    return train["lr"][stage.lr_key] * lr_scale(train)
+    """The LR of a job's weights: FP, quantized, or Merged 8-bit (Table S1), scaled, and
+    for a QAT stage times its method's ``train.lr_mult`` (default 1)."""
+    factor = train.get("lr_mult", {}).get(stage.method, 1.0) if stage.is_qat else 1.0
+    return train["lr"][stage.lr_key] * lr_scale(train) * factor
 
 
 def stage_train(train: dict, stage: Stage) -> dict:

@@ -48,7 +48,7 @@ from repq.qat import calibrate, precision_tsv
 from repq.qat.health import clipped_fractions, float_health_rows, health_csv, health_rows
 from repq.quant.init import QuantInit
 from repq.quant.layers import QuantLayer, set_recompute
-from repq.tracking import Tracker, run_tags
+from repq.tracking import Tracker, now_ms, run_name, run_tags
 from repq.vocab import Stage
 
 log = logging.getLogger("repq")
@@ -67,7 +67,7 @@ class Job:
 
     @property
     def name(self) -> str:
-        return f"{self.config['model']['name']}/{self.stage}"
+        return run_name(self.config, str(self.stage))
 
     @property
     def resume_path(self) -> Path:
@@ -316,11 +316,12 @@ class Trainer:
             "world_size": self.ctx.world,
         }
         if self.run_key is None or not self.tracker.resume(self.run_key):
-            self.run_key = self.tracker.start(self.job.name, self.job.tags(), params)
+            tags = self.job.tags()
+            self.run_key = self.tracker.start(self.job.name, tags, params, self.started)
 
     def run(self) -> dict:
         """Train to the last epoch and write the outputs; returns the final metrics."""
-        self.startup_cpu = time.process_time()
+        self.startup_cpu, self.started = time.process_time(), now_ms()
         try:
             resumed = self._try_resume()
             if not resumed:

@@ -26,7 +26,7 @@ from repq.export.qdq import float_form, integer_form
 from repq.export.verify import Comparison, OnnxRunner, codes_check
 from repq.files import atomic_write
 from repq.qat import to_deploy
-from repq.tracking import Tracker, run_tags
+from repq.tracking import Tracker, now_ms, run_name, run_tags
 from repq.vocab import Stage
 
 ONNX_FILE, REPORT_FILE = "model.onnx", "export.json"
@@ -91,6 +91,7 @@ class Exporter:
 
     def export(self, model_file: Path, onnx_path: Path, tracker: Tracker) -> dict:
         """Export and verify one model file; write its report beside ``onnx_path``."""
+        started = now_ms()
         model, content, stage = model_from_file(model_file)
         if not stage.quantized:
             raise CheckpointError(
@@ -113,14 +114,17 @@ class Exporter:
             result |= verify(model, onnx_path, self._task(config), self.threads)
         report = onnx_path.with_name(REPORT_FILE)
         atomic_write(report, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
-        _track(tracker, config, stage, result, [onnx_path, report])
+        _track(tracker, config, stage, result, [onnx_path, report], started)
         return result
 
 
-def _track(tracker: Tracker, config: dict, stage: Stage, result: dict, files: list) -> None:
-    """One MLflow run per exported model: its figures as metrics, the files as artifacts."""
-    name = f"{config['model']['name']}/export-{stage}"
-    tracker.start(name, run_tags(config, stage, "export"), flatten(config))
+def _track(
+    tracker: Tracker, config: dict, stage: Stage, result: dict, files: list, started: int
+) -> None:
+    """One MLflow run per exported model (from ``started``, ms since the epoch, to now):
+    its figures as metrics, the files as artifacts."""
+    name = run_name(config, f"export-{stage}")
+    tracker.start(name, run_tags(config, stage, "export"), flatten(config), started)
     numbers = {
         "bytes": result["bytes"],
         "fp32_bytes": result["fp32_bytes"],

@@ -3,6 +3,7 @@ and RepQ-BNest (BN statistics estimated)."""
 
 from repq.qat.methods import HANDLERS, Handler, bnest_fp, fp_form, norm_blocks
 from repq.qat.prepare import (
+    QatOptions,
     calibrate,
     precision_table,
     precision_tsv,
@@ -16,6 +17,7 @@ from repq.qat.repq_conv import RepQConv
 __all__ = [
     "HANDLERS",
     "Handler",
+    "QatOptions",
     "RepQConv",
     "bnest_fp",
     "calibrate",

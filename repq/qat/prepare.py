@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from repq.qat.methods import HANDLERS
-from repq.qat.repq_conv import RepQConv
+from repq.qat.repq_conv import FOLD_STATISTICS, RepQConv
 from repq.quant.init import QuantInit
-from repq.quant.layers import QuantLayer, wrap_quantized
+from repq.quant.layers import TRAIN_BIASES, QuantLayer, wrap_quantized
 from repq.quant.lsq import LSQQuantizer
 from repq.quant.policy import LayerPrecision, PrecisionPolicy
 from repq.reparam.base import ReparamBlock
@@ -21,6 +22,31 @@ from repq.reparam.surgery import adopt_blocks, outermost, replace_modules
 from repq.vocab import method as registered_method
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear, ReparamBlock)
+
+
+@dataclass(frozen=True)
+class QatOptions:
+    """How a prepared model's quantized layers train (the recipe's ``quant`` section;
+    these are the defaults): the statistics RepQ blocks fold BN with (``bn_stats``,
+    :data:`repq.qat.repq_conv.FOLD_STATISTICS`) and the bias in training
+    (``train_bias``, :data:`repq.quant.layers.TRAIN_BIASES`)."""
+
+    bn_stats: str = FOLD_STATISTICS[0]
+    train_bias: str = TRAIN_BIASES[0]
+
+    @classmethod
+    def from_config(cls, config: dict) -> QatOptions:
+        section = config.get("quant", {})
+        return cls(**{k: section[k] for k in ("bn_stats", "train_bias") if k in section})
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Set the options on every quantized layer of ``model`` (in place)."""
+        for module in model.modules():
+            if isinstance(module, QuantLayer):
+                module.train_bias = self.train_bias
+            if isinstance(module, RepQConv):
+                module.bn_stats = self.bn_stats
+        return model
 
 
 def default_policy(model: nn.Module) -> PrecisionPolicy:
@@ -42,6 +68,7 @@ def prepare(
     keep_bn: int | None = None,
     init: QuantInit | None = None,
     allow_per_branch: bool = False,
+    options: QatOptions | None = None,
 ) -> nn.Module:
     """A QAT copy of a float model for ``method`` at ``bits`` (the original is kept).
 
@@ -50,7 +77,7 @@ def prepare(
     is refused, or quantized per branch with a warning when ``allow_per_branch``. A
     re-parametrized block becomes one :class:`RepQConv` (LSQ on its merged kernel); a
     plain conv or linear a quantized layer; ``init`` chooses the step initialisation
-    (see :func:`repq.qat.calibrate`)."""
+    (see :func:`repq.qat.calibrate`) and ``options`` how the layers train."""
     registered_method(method)
     policy = default_policy(model) if policy is None else policy
     adopted = adopt_blocks(copy.deepcopy(model), allow_per_branch)
@@ -67,6 +94,7 @@ def prepare(
         return wrap_quantized(module, precision, init)
 
     replace_modules(qat, quantize)
+    (options or QatOptions()).apply(qat)
     qat.precision_policy = policy
     return qat
 

@@ -7,13 +7,14 @@ conv once (RepQ-BN, Algorithm 1; block ``norm_mode == "batch"``) or estimated fr
 the input's moments and the kernel (RepQ-BNest, S3/S8; ``norm_mode == "estimate"``).
 In eval mode the running statistics give exactly the deploy kernel.
 
-The statistics are those of the block's float input, before its activation quantizer:
-the FP network's BN statistics, as in the FP stage. A 4-bit per-tensor input step can
-round every value of a small channel to 0; measured on the quantized input, that
-channel's identity-branch variance is 0, the fold scales it by ``gamma / sqrt(eps)``
+By default the statistics are those of the block's float input, before its activation
+quantizer: the FP network's BN statistics, as in the FP stage. A 4-bit per-tensor input
+step can round every value of a small channel to 0; measured on the quantized input,
+that channel's identity-branch variance is 0, the fold scales it by ``gamma / sqrt(eps)``
 (about 300x its FP scale) and the gradients through the batch mean grow by that factor
 per block (RepVGG-A0, mini benchmark: 7e9 at the first 4-bit RepQ-BNest step, steps
-driven negative, the model at chance; README, Results).
+driven negative, the model at chance). ``bn_stats`` (the recipe's ``quant.bn_stats``)
+chooses the float input, the quantized input, or BN's running statistics (BN frozen).
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ from repq.quant.policy import LayerPrecision
 from repq.reparam.base import ReparamBlock
 from repq.reparam.stats import BatchStats, EstimatedStats, NormStats, running_stats
 
+FOLD_STATISTICS = ("float_input", "quantized_input", "running")
+"""What RepQ and RepQ-BNest fold BN with in training (``quant.bn_stats``): the batch
+statistics (measured or estimated) of the block's float input, of its quantized input,
+or BN's running statistics."""
+
 
 class RepQConv(QuantLayer):
     """A re-parametrized block trained through its quantized deploy kernel."""
@@ -38,14 +44,19 @@ class RepQConv(QuantLayer):
         super().__init__(precision, block.out_channels, init)
         self.block = block
         self._has_norm = block.has_norm
+        self.bn_stats = FOLD_STATISTICS[0]
 
-    def _stats(self, x: Tensor) -> NormStats:
-        if not (self.training and self._has_norm):
+    def fold_stats(self, x: Tensor) -> NormStats:
+        """The statistics BN is folded with for input ``x`` (``bn_stats``; running
+        statistics in eval mode)."""
+        if not (self.training and self._has_norm) or self.bn_stats == "running":
             return running_stats
-        return EstimatedStats(x) if self.block.norm_mode == "estimate" else BatchStats(x)
+        source = self.input_quant(x) if self.bn_stats == "quantized_input" else x
+        estimate = self.block.norm_mode == "estimate"
+        return EstimatedStats(source) if estimate else BatchStats(source)
 
     def forward(self, x: Tensor) -> Tensor:
-        kernel, bias = self.block.kernel_bias(self._stats(x))  # of the float input (above)
+        kernel, bias = self.block.kernel_bias(self.fold_stats(x))
         return self.quantized_forward(x, kernel, bias, self._op)
 
     @property

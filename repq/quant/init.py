@@ -44,8 +44,8 @@ class QuantInit:
     def from_config(cls, config: dict) -> QuantInit:
         section = config.get("quant", {})
         keys = {"weight_init": "weight", "act_init": "activation"}
-        values = {keys.get(k, k): v for k, v in section.items()}
-        return cls(**values)
+        fields = ("weight_init", "act_init", "calibration_batches")
+        return cls(**{keys.get(k, k): v for k, v in section.items() if k in fields})
 
 
 def _rows(x: Tensor, per_channel: bool) -> Tensor:

@@ -6,8 +6,8 @@ An integer engine computes ``sum(codes_x * codes_w)`` in int32 and adds the bias
 so the deployed bias is an int32 code with step ``s_x * s_w[c]`` (onnxruntime rounds a
 float bias so before it fuses ``QLinearConv``). At 4 bits that rounding changes the
 predictions of a trained network, so evaluation and deployment use it; training keeps
-the float bias (measured on the mini RepVGG-A0 at 4 bits: training with the int32 bias
-cost RepQ 1.1 points and Merged nothing, ``benchmarks/results/int-bias-*.md``)."""
+the float bias unless ``train_bias`` is ``int32`` (the recipe's ``quant.train_bias``;
+the ablations measure both, ``config/ablations.yaml``)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ from repq.quant.lsq import LSQQuantizer
 from repq.quant.policy import LayerPrecision
 
 INT32_RANGE = (-(2**31), 2**31 - 1)
+TRAIN_BIASES = ("float", "int32")
+"""The bias of a quantized layer in training (``quant.train_bias``): float, or on the
+accumulator's int32 grid as deployed (straight-through)."""
 RECOMPUTE = True
 """Whether quantized convs and linears recompute ``Q_a(x)`` and ``Q_w(W)`` in backward
 by default (``train.recompute_quantized``): about 0.85x the peak memory of storing them
@@ -44,6 +47,7 @@ class QuantLayer(nn.Module, ABC):
         )
         self.weight_quant = LSQQuantizer(precision.weight_bits, True, out_channels, init.weight)
         self.recompute = RECOMPUTE
+        self.train_bias = TRAIN_BIASES[0]
 
     def bias_step(self) -> Tensor:
         """The accumulator's step per output channel: ``s_x * s_w``."""
@@ -59,8 +63,11 @@ class QuantLayer(nn.Module, ABC):
         return bias + (codes * self.bias_step() - bias).detach()
 
     def forward_bias(self, bias: Tensor | None) -> Tensor | None:
-        """The bias of a forward pass: float in training, as deployed in eval mode."""
-        return bias if self.training else self.deploy_bias(bias)
+        """The bias of a forward pass: as deployed in eval mode; in training float, or
+        as deployed where ``train_bias`` is ``int32``."""
+        if self.training and self.train_bias == "float":
+            return bias
+        return self.deploy_bias(bias)
 
     def quantized_forward(
         self, x: Tensor, weight: Tensor, bias: Tensor | None, op: Conv2dOp | LinearOp | None

@@ -6,19 +6,23 @@ from pathlib import Path
 
 
 def write_report(runs: Path, out: Path) -> list[Path]:
-    """Every table (one per task, and every measured value), the claims table, the
-    Δ figure from the evaluations under ``runs``, and the deployed models' table from
-    its exports (if any), written into ``out``."""
-    from repq.report.claims import claims_table, to_markdown
+    """Every table (one per task, every measured value, each run seed by seed), the
+    claims table and its claim x variant verdicts, the Δ figure from the evaluations
+    under ``runs``, and the deployed models' table from its exports (if any), written
+    into ``out``."""
+    from repq.report.claims import claims_table, to_markdown, verdicts_table
     from repq.report.deployment import write_deployment
     from repq.report.figures import drop_figure
     from repq.report.tables import collect, write_tables
 
     results = collect(runs)
     write_tables(results, out)
-    claims = claims_table(runs, results)
+    claims = claims_table(results)
     claims.to_csv(out / "claims.csv", index=False)
     (out / "claims.md").write_text(to_markdown(claims))
+    verdicts = verdicts_table(claims)
+    verdicts.to_csv(out / "verdicts.csv", index=False)
+    (out / "verdicts.md").write_text(verdicts.to_markdown(index=False) + "\n")
     drop_figure(results, out / "drop")
     write_deployment(runs, out)
     return sorted(out.glob("*.*"))

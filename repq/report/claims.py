@@ -30,7 +30,6 @@ import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 from scipy.stats import t as student_t
@@ -43,8 +42,9 @@ from repq.report.tables import (
     item_values,
     primary_metric,
     values,
+    variant_order,
 )
-from repq.vocab import Stage
+from repq.vocab import BASE_VARIANT, Stage
 
 HOLDS, CONTRADICTED, NOT_RESOLVED = "holds", "contradicted", "not resolved"
 MARGINS = {"classification": (1.0, "point"), "superres": (0.1, "dB")}
@@ -177,15 +177,15 @@ def _interval(a: tuple[Runs, Stage], b: tuple[Runs, Stage], metric: str) -> Inte
     return paired(*found, item_values(*a, metric), item_values(*b, metric))
 
 
-def _row(
-    claim: str, task: str, model: str, difference: str, metric: str, test, interval: Interval
-) -> dict:
-    """One row of the claims table: the claim with its margin, the interval, the verdict."""
-    margin, named = margin_of(task)
+def _row(claim: str, head: Result, difference: str, metric: str, test, interval: Interval) -> dict:
+    """One row of the claims table: the claim with its margin, the model and variant of
+    ``head``, the interval, the differences seed by seed, the verdict."""
+    margin, named = margin_of(head.task)
     low, high = interval.mean - interval.half_width, interval.mean + interval.half_width
     return {
         "claim": claim.format(m=named),
-        "model": model,
+        "model": head.label,
+        "variant": head.variant,
         "difference": difference,
         "metric": metric,
         "n": interval.n,
@@ -193,12 +193,13 @@ def _row(
         "mean": interval.mean,
         "ci_low": low,
         "ci_high": high,
+        "per_seed": " ".join(f"{d:+.2f}" for d in interval.differences),
         "verdict": interval.verdict(test, margin),
     }
 
 
 def stage_claims(results: list[Result]) -> list[dict]:
-    """Every claim of ``CLAIMS`` that an experiment has both runs for."""
+    """Every claim of ``CLAIMS`` that an experiment's variant has both runs for."""
     rows = []
     for runs in by_experiment(results).values():
         head = first(runs)
@@ -207,31 +208,33 @@ def stage_claims(results: list[Result]) -> list[dict]:
             interval = _interval((runs, claim.a), (runs, claim.b), metric)
             if interval.n:
                 difference = f"{claim.a.display} - {claim.b.display}"
-                row = _row(
-                    claim.text, head.task, head.label, difference, metric, claim.verdict, interval
-                )
-                rows.append(row)
+                rows.append(_row(claim.text, head, difference, metric, claim.verdict, interval))
     return rows
 
 
 def _merged_lr_and_rest(config: dict) -> tuple[float | None, str]:
-    """A run config's Merged 8-bit LR, and everything else but the seed, as text."""
+    """A run config's Merged 8-bit LR, and everything else but the seed and the variant's
+    name, as text."""
     train = {k: v for k, v in config["train"].items() if k != "seed"}
     lr = dict(train.get("lr", {}))
     merged = lr.pop("merged_8bit", None)
-    rest = {**config, "train": {**train, "lr": lr}}
+    tracking = {k: v for k, v in config.get("tracking", {}).items() if k != "variant"}
+    rest = {**config, "train": {**train, "lr": lr}, "tracking": tracking}
     return merged, json.dumps(rest, sort_keys=True)
 
 
-def _lr_variants(runs: Path, results: list[Result]) -> list[tuple[str, str]]:
-    """``(lower, higher)`` experiment pairs whose 8-bit Merged runs differ only in the
-    Merged 8-bit LR (read from each run's ``config.json``)."""
+Group = tuple[str, str]
+"""``(experiment, variant)``."""
+
+
+def _lr_variants(results: list[Result]) -> list[tuple[Group, Group]]:
+    """``(lower, higher)`` pairs of experiments' variants whose 8-bit Merged runs differ
+    only in the Merged 8-bit LR (read from each run's config)."""
     stage = str(Stage.qat("merged", 8))
-    found: dict[str, tuple[float | None, str]] = {}
+    found: dict[Group, tuple[float | None, str]] = {}
     for r in results:
-        if str(r.stage) == stage and r.experiment not in found:
-            path = runs / r.experiment / f"seed{r.seed}" / stage / "config.json"
-            found[r.experiment] = _merged_lr_and_rest(json.loads(path.read_text()))
+        if str(r.stage) == stage and (r.experiment, r.variant) not in found:
+            found[(r.experiment, r.variant)] = _merged_lr_and_rest(r.config)
     return [
         (low, high)
         for low, (low_lr, low_rest) in found.items()
@@ -240,38 +243,75 @@ def _lr_variants(runs: Path, results: list[Result]) -> list[tuple[str, str]]:
     ]
 
 
-def lr_claims(runs: Path, results: list[Result]) -> list[dict]:
-    """The Merged 8-bit LR claim (S1) for every pair of experiments configured for it."""
+def _group_name(group: Group) -> str:
+    experiment, variant = group
+    return experiment if variant == BASE_VARIANT else f"{experiment}/{variant}"
+
+
+def lr_claims(results: list[Result]) -> list[dict]:
+    """The Merged 8-bit LR claim (S1) for every pair of experiments' variants configured
+    for it."""
     grouped = by_experiment(results)
     stage = Stage.qat("merged", 8)
     rows = []
-    for low, high in _lr_variants(runs, results):
+    for low, high in _lr_variants(results):
         head = first(grouped[low])
         metric = primary_metric(head)
         interval = _interval((grouped[low], stage), (grouped[high], stage), metric)
         if interval.n:
-            difference = f"{low} - {high}"
-            rows.append(_row(LR_CLAIM, head.task, head.label, difference, metric, better, interval))
+            difference = f"{_group_name(low)} - {_group_name(high)}"
+            rows.append(_row(LR_CLAIM, head, difference, metric, better, interval))
     return rows
 
 
-def claims_table(runs: Path, results: list[Result]) -> pd.DataFrame:
-    """One row per testable claim and model."""
-    columns = ["claim", "model", "difference", "metric", "n", "items", "mean", "ci_low", "ci_high"]
-    rows = stage_claims(results) + lr_claims(runs, results)
-    return pd.DataFrame(rows, columns=[*columns, "verdict"])
+COLUMNS = [
+    "claim",
+    "model",
+    "variant",
+    "difference",
+    "metric",
+    "n",
+    "items",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "per_seed",
+    "verdict",
+]
+
+
+def claims_table(results: list[Result]) -> pd.DataFrame:
+    """One row per testable claim, model and variant."""
+    return pd.DataFrame(stage_claims(results) + lr_claims(results), columns=COLUMNS)
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    lines = [
-        "| claim | model | difference (metric) | seeds | items | mean | 95% CI | verdict |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    """The claims as Markdown (a variant column where the table holds more than one)."""
+    variants = table["variant"].nunique() > 1
+    head = ["claim", "model", *(["variant"] if variants else []), "difference (metric)"]
+    head += ["seeds", "items", "mean", "95% CI", "per seed", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in table.iterrows():
         ci = "—" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
-        mean = f"{r['mean']:+.2f}"
-        lines.append(
-            f"| {r['claim']} | {r['model']} | {r['difference']} ({r['metric']}) | {r['n']} "
-            f"| {r['items'] or '—'} | {mean} | {ci} | **{r['verdict']}** |"
-        )
+        cells = [r["claim"], r["model"], *([r["variant"]] if variants else [])]
+        cells += [f"{r['difference']} ({r['metric']})", str(r["n"]), str(r["items"] or "—")]
+        cells += [f"{r['mean']:+.2f}", ci, r["per_seed"], f"**{r['verdict']}**"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def verdicts_table(claims: pd.DataFrame) -> pd.DataFrame:
+    """Claim x variant at a glance: one row per claim and model, one column per variant
+    (the base first), each cell the verdict with the mean difference."""
+    order = variant_order(claims["variant"])
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    for _, r in claims.iterrows():
+        cell = f"{r['verdict']} ({r['mean']:+.2f})"
+        rows.setdefault((r["claim"], r["model"]), {})[r["variant"]] = cell
+    return pd.DataFrame(
+        [
+            {"claim": c, "model": m, **{v: found.get(v, "—") for v in order}}
+            for (c, m), found in rows.items()
+        ],
+        columns=["claim", "model", *order],
+    )

@@ -1,11 +1,12 @@
 """The deployed models' table: every exported PTQ/QAT model as onnxruntime runs it.
 
-Read from ``runs/<experiment>/seed<k>/export.json`` (``repq export --summary``). One row
-per experiment and quantized stage: the primary metric of the PyTorch deploy model and
-of the ONNX file in onnxruntime (mean ± std over seeds, as in the other tables), the
-top-1 agreement of the two (classification), the largest output difference, the file's
-size against the same model in FP32, and whether every stored weight code equals the
-PyTorch model's (``yes``, or ``no`` with the number of seeds that differ).
+Read from ``runs/<experiment>/<variant>/seed<k>/export.json`` (``repq export
+--summary``). One row per experiment, variant and quantized stage: the primary metric
+of the PyTorch deploy model and of the ONNX file in onnxruntime (mean ± std over seeds,
+as in the other tables), the top-1 agreement of the two (classification), the largest
+output difference, the file's size against the same model in FP32, and whether every
+stored weight code equals the PyTorch model's (``yes``, or ``no`` with the number of
+seeds that differ).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from repq.report.tables import Cell
+from repq.report.tables import RUN_SETS, Cell, run_set, variant_order
 from repq.vocab import TASKS, Stage, display_name, stage_names
 
 SUMMARY = "export.json"
@@ -27,6 +28,7 @@ class Export:
     """One exported model of one seed (an entry of an ``export.json`` summary)."""
 
     experiment: str
+    variant: str
     seed: int
     stage: Stage
     model: str
@@ -34,14 +36,15 @@ class Export:
 
 
 def collect(runs: Path) -> list[Export]:
-    """Every export summary under ``runs`` (by experiment, then seed)."""
+    """Every export summary under ``runs`` (by experiment, variant, then seed)."""
     found = []
-    for path in sorted(runs.glob(f"*/seed*/{SUMMARY}")):
-        seed = int(path.parent.name.removeprefix("seed"))
+    for path in sorted(runs.glob(f"{RUN_SETS}/{SUMMARY}")):
+        experiment, variant, seed = run_set(path.parent)
         for entry in json.loads(path.read_text())["results"]:
             found.append(
                 Export(
-                    path.parent.parent.name,
+                    experiment,
+                    variant,
                     seed,
                     Stage.parse(entry["stage"]),
                     entry["model"],
@@ -69,12 +72,14 @@ def _cell(exports: list[Export], read) -> Cell | str:
     return "n/a" if any("metrics" in e.report for e in exports) else "not verified"
 
 
-def _row(group: list[Export]) -> dict[str, object]:
-    """The row of one experiment and stage (``group``: its seeds)."""
+def _row(group: list[Export], variants: bool) -> dict[str, object]:
+    """The row of one experiment, variant and stage (``group``: its seeds; a variant
+    column if ``variants``)."""
     metric = _primary(group[0].report)
     unequal = sum(not e.report["weight_codes_equal"] for e in group)
     return {
         "model": display_name(group[0].model),
+        **({"variant": group[0].variant} if variants else {}),
         "stage": group[0].stage.display,
         "metric": metric or "",
         "PyTorch": _cell(group, lambda r: r.get("reference_metrics", {}).get(metric)),
@@ -88,13 +93,16 @@ def _row(group: list[Export]) -> dict[str, object]:
 
 
 def deployment_table(exports: list[Export]) -> pd.DataFrame:
-    """One row per experiment and quantized stage, in the vocabulary's stage order."""
+    """One row per experiment, variant and quantized stage: variants grouped (the base
+    first), stages in the vocabulary's order."""
     order = {name: i for i, name in enumerate(stage_names(quantized_only=True))}
-    groups: dict[tuple[str, str], list[Export]] = {}
+    variants = {v: i for i, v in enumerate(variant_order(e.variant for e in exports))}
+    groups: dict[tuple[str, str, str], list[Export]] = {}
     for e in exports:
-        groups.setdefault((e.experiment, str(e.stage)), []).append(e)
-    keys = sorted(groups, key=lambda k: (k[0], order[k[1]]))
-    return pd.DataFrame([_row(sorted(groups[k], key=lambda e: e.seed)) for k in keys])
+        groups.setdefault((e.variant, e.experiment, str(e.stage)), []).append(e)
+    keys = sorted(groups, key=lambda k: (variants[k[0]], k[1], order[k[2]]))
+    rows = [_row(sorted(groups[k], key=lambda e: e.seed), len(variants) > 1) for k in keys]
+    return pd.DataFrame(rows)
 
 
 def _text(value: object, column: str) -> str:

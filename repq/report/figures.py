@@ -21,7 +21,7 @@ from repq.report.tables import (
     primary_metric,
     quantized_stages,
 )
-from repq.vocab import METHODS, TASKS
+from repq.vocab import BASE_VARIANT, METHODS, TASKS
 
 METHOD_DISPLAYS = [m.display for m in METHODS.values()]
 COLOURS = ("tab:orange", "tab:green", "tab:blue", "tab:purple", "tab:red", "tab:brown")
@@ -43,8 +43,9 @@ def delta_bars(results: list[Result]) -> dict[str, tuple[pd.DataFrame, pd.DataFr
             stages = [s for b in BITS for s in quantized_stages(head.model, b)]
             cells = {s.display: delta_cell(runs, s, metric) for s in stages}
             found = {k: c for k, c in cells.items() if isinstance(c, Cell)}
-            means[head.label] = {k: c.mean for k, c in found.items()}
-            spreads[head.label] = {k: c.std for k, c in found.items()}  # NaN: one seed
+            label = head.label if head.variant == BASE_VARIANT else f"{head.label}\n{head.variant}"
+            means[label] = {k: c.mean for k, c in found.items()}
+            spreads[label] = {k: c.std for k, c in found.items()}  # NaN: one seed
         panels[task] = (pd.DataFrame(means).T, pd.DataFrame(spreads).T, metric)
     return panels
 

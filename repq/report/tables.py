@@ -1,13 +1,16 @@
 """The paper's tables from the evaluation results of a workflow run.
 
-Every number comes from an ``evaluation.json`` (``runs/<experiment>/seed<k>/``: the
-deployed models' evaluation); the task of a result is read from the ``config.json`` of
-its run. Stages, methods, bit widths and names come from :mod:`repq.vocab`.
+Every number comes from an ``evaluation.json`` (``runs/<experiment>/<variant>/seed<k>/``:
+the deployed models' evaluation); the task of a result is read from the ``config.json``
+of its run. Stages, methods, bit widths and names come from :mod:`repq.vocab`. Rows are
+grouped by variant (the base first) where the runs hold more than one; a variant that
+shares the base's FP models (``stages: quantized``) is shown with them.
 
 A cell aggregates the seeds of its run: mean ± sample standard deviation over ``n``
 seeds (one seed: the value). A ``Δ`` cell aggregates, seed by seed, the quantized value
 minus its FP baseline of the same seed (the FP stage the method starts from): negative
-is a loss. A cell whose run does not exist says ``no run``; a method that does not
+is a loss. A cell whose run does not exist says ``no run`` (a stage no row has a run of
+is left out); a method that does not
 apply to an architecture (RepQ-BNest without BN) says ``n/a``. The best mean quantized
 result of each model at each bit width is bold (every one of them on a tie).
 """
@@ -17,13 +20,14 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 
 from repq.vocab import (
+    BASE_VARIANT,
     BITS,
     FP_BITS,
     METHODS,
@@ -35,15 +39,16 @@ from repq.vocab import (
 
 NO_RUN, NOT_APPLICABLE = "no run", "n/a"
 DELTA = "Δ"
-KEYS = ("model", "method", "bits")
+KEYS = ("model", "variant", "method", "bits")
 
 
 @dataclass(frozen=True)
 class Result:
-    """One evaluated run: an entry of ``runs/<experiment>/seed<k>/evaluation.json`` and
-    the ``config.json`` of its stage folder."""
+    """One evaluated run: an entry of ``runs/<experiment>/<variant>/seed<k>/
+    evaluation.json`` and the ``config.json`` of its stage folder (``config``)."""
 
     experiment: str
+    variant: str
     seed: int
     stage: Stage
     task: str
@@ -52,6 +57,9 @@ class Result:
     metrics: dict[str, float]
     per_item: dict[str, tuple[float, ...]] = field(default_factory=dict)
     """Each metric per validation or test item (absent from older evaluations)."""
+    config: dict = field(default_factory=dict, compare=False, repr=False)
+    shared: bool = False
+    """A base FP result shown in a variant that starts from it (not the variant's run)."""
 
 
 @dataclass(frozen=True)
@@ -86,16 +94,26 @@ def _label(config: dict) -> str:
     return f"{name} x{scale}" if scale else name
 
 
+RUN_SETS = "*/*/seed*"
+"""The folders of ``runs/`` that hold one experiment's variant at one seed."""
+
+
+def run_set(folder: Path) -> tuple[str, str, int]:
+    """``(experiment, variant, seed)`` of a folder ``runs/<experiment>/<variant>/seed<k>``."""
+    return folder.parent.parent.name, folder.parent.name, int(folder.name.removeprefix("seed"))
+
+
 def collect(runs: Path) -> list[Result]:
-    """Every evaluation under ``runs`` (sorted by experiment and seed)."""
+    """Every evaluation under ``runs`` (sorted by experiment, variant and seed)."""
     results = []
-    for path in sorted(runs.glob("*/seed*/evaluation.json")):
-        seed = int(path.parent.name.removeprefix("seed"))
+    for path in sorted(runs.glob(f"{RUN_SETS}/evaluation.json")):
+        experiment, variant, seed = run_set(path.parent)
         for entry in json.loads(path.read_text())["results"]:
             config = json.loads((path.parent / entry["stage"] / "config.json").read_text())
             results.append(
                 Result(
-                    experiment=path.parent.parent.name,
+                    experiment=experiment,
+                    variant=variant,
                     seed=seed,
                     stage=Stage.parse(entry["stage"]),
                     task=config["task"],
@@ -103,16 +121,18 @@ def collect(runs: Path) -> list[Result]:
                     label=_label(config),
                     metrics=entry["metrics"],
                     per_item={k: tuple(v) for k, v in entry.get("per_item", {}).items()},
+                    config=config,
                 )
             )
     return results
 
 
 def runs_table(results: list[Result]) -> pd.DataFrame:
-    """Every measured value, one row per experiment, seed, stage and metric."""
+    """Every measured value, one row per experiment, variant, seed, stage and metric."""
     rows = [
         {
             "experiment": r.experiment,
+            "variant": r.variant,
             "model": r.label,
             "seed": r.seed,
             "stage": str(r.stage),
@@ -122,7 +142,8 @@ def runs_table(results: list[Result]) -> pd.DataFrame:
         for r in results
         for key, value in r.metrics.items()
     ]
-    return pd.DataFrame(rows, columns=["experiment", "model", "seed", "stage", "metric", "value"])
+    columns = ["experiment", "variant", "model", "seed", "stage", "metric", "value"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def applies(method: str, model: str) -> bool:
@@ -141,15 +162,45 @@ def quantized_stages(model: str, bits: int) -> list[Stage]:
 
 
 Runs = dict[str, dict[int, Result]]
-"""stage name -> seed -> result, for one experiment."""
+"""stage name -> seed -> result, for one experiment's variant."""
 
 
-def by_experiment(results: list[Result]) -> dict[str, Runs]:
-    """experiment -> stage -> seed -> result, in the order of ``results``."""
-    grouped: dict[str, Runs] = {}
-    for r in results:
-        grouped.setdefault(r.experiment, {}).setdefault(str(r.stage), {})[r.seed] = r
+def variant_order(names: Iterable[str]) -> list[str]:
+    """Variant names without repeats: the base first, then the others by name."""
+    return sorted(set(names), key=lambda v: (v != BASE_VARIANT, v))
+
+
+def by_experiment(results: list[Result]) -> dict[tuple[str, str], Runs]:
+    """``(experiment, variant)`` -> stage -> seed -> result, grouped by variant (the base
+    first), experiments in the order of ``results``. A variant's group also holds the
+    base's FP stages it has no run of (a variant with ``stages: quantized`` starts from
+    them), for the seeds it has."""
+    grouped: dict[tuple[str, str], Runs] = {}
+    order = {v: i for i, v in enumerate(variant_order(r.variant for r in results))}
+    for r in sorted(results, key=lambda r: order[r.variant]):
+        runs = grouped.setdefault((r.experiment, r.variant), {})
+        runs.setdefault(str(r.stage), {})[r.seed] = r
+    for (experiment, variant), runs in grouped.items():
+        base = grouped.get((experiment, BASE_VARIANT), {})
+        if variant != BASE_VARIANT:
+            _share_fp(runs, base)
     return grouped
+
+
+def _share_fp(runs: Runs, base: Runs) -> None:
+    """Add to a variant's ``runs`` the base's FP results it lacks, at its own seeds."""
+    seeds = {seed for found in runs.values() for seed in found}
+    for stage in fp_stages():
+        if stage in runs or stage not in base:
+            continue
+        variant = first(runs).variant
+        found = {s: r for s, r in base[stage].items() if s in seeds}
+        runs[stage] = {s: replace(r, variant=variant, shared=True) for s, r in found.items()}
+
+
+def multiple_variants(results: list[Result]) -> bool:
+    """Whether the tables need a variant column."""
+    return len({r.variant for r in results}) > 1
 
 
 def first(runs: Runs) -> Result:
@@ -190,11 +241,12 @@ def delta_cell(runs: Runs, stage: Stage, metric: str) -> Cell | str:
 
 def wide_table(results: list[Result], metric: str) -> pd.DataFrame:
     """One row per experiment: every FP stage, then per bit width PTQ and each method's
-    ``metric`` with its Δ from the FP stage it starts from (the classification layout)."""
+    ``metric`` with its Δ from the FP stage it starts from (the classification layout).
+    A column that no row has a run of is left out (a method or bit width not configured)."""
     rows = []
     for runs in by_experiment(results).values():
         head = first(runs)
-        row: dict[str, object] = {"model": head.label}
+        row: dict[str, object] = {"model": head.label, **_variant(head, results)}
         for fp in map(Stage, fp_stages()):
             applicable = fp in fp_stages_of(head.model)
             row[fp.display] = cell(runs, fp, metric) if applicable else NOT_APPLICABLE
@@ -207,7 +259,14 @@ def wide_table(results: list[Result], metric: str) -> pd.DataFrame:
                 row[stage.display] = cell(runs, stage, metric)
                 row[f"{stage.display} {DELTA}"] = delta_cell(runs, stage, metric)
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    unrun = [c for c in table.columns if (table[c].astype(str) == NO_RUN).all()]
+    return table.drop(columns=unrun)
+
+
+def _variant(head: Result, results: list[Result]) -> dict[str, str]:
+    """The variant column of a row, where the results hold more than one variant."""
+    return {"variant": head.variant} if multiple_variants(results) else {}
 
 
 def _metric_columns(result: Result) -> list[tuple[str, str]]:
@@ -221,7 +280,8 @@ def _metric_columns(result: Result) -> list[tuple[str, str]]:
 
 def long_table(results: list[Result]) -> pd.DataFrame:
     """One row per experiment and stage (FP first), one column per metric and test set
-    (the super-resolution layout; also the layout of a task this module does not know)."""
+    (the super-resolution layout; also the layout of a task this module does not know).
+    A stage that no row has a run of is left out (a method or bit width not configured)."""
     rows = []
     for runs in by_experiment(results).values():
         head = first(runs)
@@ -231,13 +291,20 @@ def long_table(results: list[Result]) -> pd.DataFrame:
         for stage in stages:
             row: dict[str, object] = {
                 "model": head.label,
+                **_variant(head, results),
                 "method": stage.method_display,
                 "bits": stage.bit_width,
             }
             for key, column in _metric_columns(head):
                 row[column] = cell(runs, stage, key)
             rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    values = table.drop(columns=[k for k in KEYS if k in table.columns]).astype(str)
+    unrun = (values == NO_RUN).all(axis=1)
+    stage = table["method"] + " " + table["bits"].astype(str)
+    return table[~stage.isin(set(stage[unrun]) - set(stage[~unrun]))].reset_index(drop=True)
 
 
 def task_tables(results: list[Result]) -> dict[str, pd.DataFrame]:
@@ -265,12 +332,13 @@ def _bold_cells(table: pd.DataFrame) -> set[tuple[int, str]]:
         for bits in BITS:
             columns = [s.display for s in (Stage.ptq(bits), *(Stage.qat(m, bits) for m in METHODS))]
             for index, row in table.iterrows():
-                found = {c: row[c].mean for c in columns if isinstance(row[c], Cell)}
+                found = {c: row[c].mean for c in columns if isinstance(row.get(c), Cell)}
                 bold |= {(index, c) for c in _best(found)}
         return bold
     quantized = table[table["bits"] != FP_BITS]
     metric_columns = [c for c in table.columns if c not in KEYS]
-    for _, group in quantized.groupby(["model", "bits"]):
+    keys = [k for k in ("model", "variant", "bits") if k in table.columns]
+    for _, group in quantized.groupby(keys):
         for column in metric_columns:
             found = {i: v.mean for i, v in group[column].items() if isinstance(v, Cell)}
             bold |= {(i, column) for i in _best(found)}
@@ -345,9 +413,31 @@ def to_csv_frame(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
+def seeds_table(results: list[Result]) -> pd.DataFrame:
+    """The primary metric of every run seed by seed: one row per experiment, variant and
+    stage (a variant's own runs, not the base's FP models it shares), one column per
+    seed, then mean and sample standard deviation."""
+    seeds = sorted({r.seed for r in results})
+    rows = []
+    for (_, variant), runs in by_experiment(results).items():
+        head = first(runs)
+        metric = primary_metric(head)
+        for stage, found in runs.items():
+            if any(r.shared for r in found.values()):
+                continue
+            value = Cell(tuple(found[s].metrics[metric] for s in sorted(found)))
+            row = {"model": head.label, "variant": variant, "stage": Stage.parse(stage).display}
+            row["metric"] = metric
+            for seed in seeds:
+                row[f"seed {seed}"] = found[seed].metrics[metric] if seed in found else math.nan
+            rows.append(row | {"mean": value.mean, "std": value.std})
+    return pd.DataFrame(rows)
+
+
 def write_tables(results: list[Result], out: Path) -> dict[str, pd.DataFrame]:
-    """Write one table per task as ``<task>.csv``, ``.md`` and ``.tex``, and every
-    measured value as ``runs.csv``."""
+    """Write one table per task as ``<task>.csv``, ``.md`` and ``.tex``, every measured
+    value as ``runs.csv`` and each run's primary metric seed by seed as
+    ``seeds.{csv,md}``."""
     out.mkdir(parents=True, exist_ok=True)
     tables = task_tables(results)
     for task, table in tables.items():
@@ -355,4 +445,7 @@ def write_tables(results: list[Result], out: Path) -> dict[str, pd.DataFrame]:
         (out / f"{task}.md").write_text(to_markdown(table))
         (out / f"{task}.tex").write_text(to_latex(table))
     runs_table(results).to_csv(out / "runs.csv", index=False)
+    seeds = seeds_table(results)
+    seeds.to_csv(out / "seeds.csv", index=False)
+    (out / "seeds.md").write_text(seeds.to_markdown(index=False, floatfmt=".2f") + "\n")
     return tables

@@ -8,7 +8,7 @@ job or ``repq tracking-sync`` delivers it later. Which records reached the store
 the store's run id of each journal run, live in a state file beside the journal,
 replaced atomically after every record.
 
-Records (``op``): ``run`` (a new run: name, tags, experiment), ``params``, ``metrics``
+Records (``op``): ``run`` (a new run: name, tags and start time), ``params``, ``metrics``
 (with step and time), ``artifact`` (a file's path, read when delivered) and ``status``
 (``RUNNING`` when a job resumes a run; ``FINISHED``, ``FAILED`` or ``KILLED`` at its end).
 """
@@ -172,7 +172,12 @@ def _send(client, store: Store, record: dict, runs: dict[str, str]) -> None:
     op, key = record["op"], record["key"]
     if op == "run":
         experiment_id = _experiment_id(client, store)
-        run = client.create_run(experiment_id, run_name=record["name"], tags=record["tags"])
+        run = client.create_run(
+            experiment_id,
+            run_name=record["name"],
+            tags=record["tags"],
+            start_time=record.get("time"),  # when the job started it, not when delivered
+        )
         runs[key] = run.info.run_id
         return
     run_id = runs.get(key)

@@ -29,7 +29,7 @@ from repq.tracking.journal import (
     bind_store,
     new_run_key,
 )
-from repq.vocab import Stage
+from repq.vocab import BASE_VARIANT, Stage
 
 DEFAULT_STORE = Path("results") / "mlflow.db"
 DEFAULT_EXPERIMENT = "repq"
@@ -115,9 +115,10 @@ def artifact_location(uri: str, artifacts: str | None) -> str | None:
 
 EXPERIMENT_DESCRIPTION = (
     "repq: FP training, post-training quantization and QAT (Merged LSQ, RepQ, RepQ-BNest) of "
-    "re-parametrized networks, one run per job. Runs carry the tags architecture, stage, "
-    "method, bits, seed, job (train, evaluate, report) and pipeline (one workflow "
-    "invocation); the tables are in the report run's artefacts."
+    "re-parametrized networks, one run per job. Runs carry the tags architecture, variant "
+    "(base, or the ablation variant whose overrides the run has), stage, method, bits, seed, "
+    "job (train, evaluate, export, report) and pipeline (one workflow invocation); the "
+    "tables are in the report run's artefacts."
 )
 
 
@@ -158,10 +159,25 @@ def git_commit() -> str:
         return "unknown"
 
 
+def run_variant(config: dict) -> str:
+    """The workflow variant a job belongs to (``tracking.variant``, default the base)."""
+    return config.get("tracking", {}).get("variant") or BASE_VARIANT
+
+
+def run_name(config: dict, label: str) -> str:
+    """A run's name: ``<architecture>/<label>``, with the variant between the two where
+    it is not the base (``repvgg_a0/lr_x3/qat-repq-4``)."""
+    variant = run_variant(config)
+    middle = "" if variant == BASE_VARIANT else f"{variant}/"
+    return f"{config['model']['name']}/{middle}{label}"
+
+
 def run_tags(config: dict, stage: Stage, job: str) -> dict[str, str]:
-    """The tags of a job's run: architecture, task, stage, method, bits, seed, commit, job."""
+    """The tags of a job's run: architecture, task, variant, stage, method, bits, seed,
+    commit, job."""
     return {
         "architecture": config["model"]["name"],
+        "variant": run_variant(config),
         "task": config["task"],
         "stage": str(stage),
         "method": stage.method or stage.name,
@@ -239,17 +255,24 @@ class Tracker:
         """End the journal's runs left open by a killed process (status ``KILLED``)."""
         for key in self.journal.open_runs():
             if key != keep:
-                self.journal.append("status", key=key, status="KILLED", time=_now())
+                self.journal.append("status", key=key, status="KILLED", time=now_ms())
 
-    def start(self, run_name: str, tags: dict[str, str], params: dict[str, Any]) -> str | None:
-        """Open a new run; returns its journal key (what a resumed job passes back)."""
+    def start(
+        self,
+        run_name: str,
+        tags: dict[str, str],
+        params: dict[str, Any],
+        started: int | None = None,
+    ) -> str | None:
+        """Open a new run that started at ``started`` (ms since the epoch, default now);
+        returns its journal key (what a resumed job passes back)."""
         if not self.enabled:
             return None
         self._end_stale_runs()
         if self.group:
             tags = {**tags, "pipeline": self.group}
         self.key = new_run_key()
-        self._append("run", name=run_name, tags=tags)
+        self._append("run", name=run_name, tags=tags, time=started or now_ms())
         self._append("params", params={k: str(v) for k, v in params.items()})
         return self.key
 
@@ -262,13 +285,13 @@ class Tracker:
             return False
         self._end_stale_runs(keep=key)
         self.key = key
-        self._append("status", status="RUNNING", time=_now())
+        self._append("status", status="RUNNING", time=now_ms())
         return True
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.enabled and self.key is not None:
             values = {k: float(v) for k, v in metrics.items()}
-            self._append("metrics", metrics=values, step=step, time=_now())
+            self._append("metrics", metrics=values, step=step, time=now_ms())
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         if self.enabled and self.key is not None:
@@ -277,7 +300,7 @@ class Tracker:
     def finish(self, status: str = "FINISHED") -> None:
         """End the current run (journaled; delivered in the background)."""
         if self.enabled and self.key is not None:
-            self._append("status", status=status, time=_now())
+            self._append("status", status=status, time=now_ms())
             self.key = None
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -302,7 +325,8 @@ class Tracker:
         )
 
 
-def _now() -> int:
+def now_ms() -> int:
+    """Now, in milliseconds since the epoch (MLflow's timestamps)."""
     return int(time.time() * 1000)
 
 

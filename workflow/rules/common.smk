@@ -15,6 +15,7 @@ min_version("9.0")
 SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
 config.update(pipeline.coerce_config(config, SCHEMA))
 validate(config, "../schemas/config.schema.yaml")
+pipeline.check_config(config)  # override keys are recipe keys; variants fit the base
 
 RESULTS = config["results"]
 RESOURCES = config.get("resources", {})
@@ -22,11 +23,13 @@ THREADS = RESOURCES.get("threads", 1)
 GPUS = RESOURCES.get("gpus", 0)
 MINI = config.get("mini")
 MINI_OUT = (MINI or {}).get("out", f"{RESULTS}/mini")
-EXPERIMENTS, SEEDS, STAGES = zip(*pipeline.all_runs(config))
+VARIANTS = pipeline.variants(config)
+EXPERIMENTS, VARIANT_OF, SEEDS, STAGES = zip(*pipeline.all_runs(config))
+RUN_SETS = pipeline.run_sets(config)  # (experiment, variant, seed): one evaluation each
 TASKS = pipeline.tasks(config)
 EXPORT = config["export"]
 DEFERRED = config.get("tracking", {}).get("delivery") == "deferred"
-SEEDED = f"{RESULTS}/runs/{{experiment}}/seed{{seed}}"
+SEEDED = f"{RESULTS}/runs/{{experiment}}/{{variant}}/seed{{seed}}"
 RUN = f"{SEEDED}/{{stage}}"
 TABLES = f"{RESULTS}/tables"
 ENV = "../../environment.yml"
@@ -39,6 +42,7 @@ os.environ.setdefault("REPQ_PIPELINE", uuid.uuid4().hex[:12])
 
 wildcard_constraints:
     experiment="|".join(config["experiments"]),
+    variant="|".join(VARIANTS),
     seed=r"\d+",
     stage=vocab.stage_pattern(),
 
@@ -55,24 +59,28 @@ def recipe(wildcards):
 
 
 def set_args(wildcards):
-    """The recipe overrides of a job (with its seed, for a job of one seed)."""
+    """The recipe overrides of a job of one variant (with its seed, for a job of one
+    seed)."""
     seed = int(wildcards.seed) if "seed" in wildcards.keys() else None
-    return pipeline.set_args(config, wildcards.experiment, seed)
+    return pipeline.set_args(config, wildcards.experiment, wildcards.variant, seed)
 
 
 def data_ready(wildcards):
-    """The mini benchmark's manifest, or the marker of the experiment's data check."""
+    """The mini benchmark's manifest, or the marker of the data check of the
+    experiment's variant."""
     if MINI:
         return f"{MINI_OUT}/manifest.json"
-    return f"{RESULTS}/data/{wildcards.experiment}.checked"
+    return f"{RESULTS}/data/{wildcards.experiment}/{wildcards.variant}.checked"
 
 
 def init_model(wildcards):
-    """A quantized stage's FP (or FP-BNest) model of the same seed; nothing for FP."""
+    """A quantized stage's FP (or FP-BNest) model of the same seed, of its own variant
+    or, for a variant that shares them, of the base; nothing for FP."""
     stage = pipeline.init_stage(wildcards.stage)
     if stage is None:
         return []
-    return f"{RESULTS}/runs/{wildcards.experiment}/seed{wildcards.seed}/{stage}/model.pt"
+    variant = pipeline.init_variant(config, wildcards.variant)
+    return f"{RESULTS}/runs/{wildcards.experiment}/{variant}/seed{wildcards.seed}/{stage}/model.pt"
 
 
 def init_arg(wildcards, input):

@@ -17,12 +17,12 @@ else:
 
     rule check_data:
         output:
-            touch(f"{RESULTS}/data/{{experiment}}.checked"),
+            touch(f"{RESULTS}/data/{{experiment}}/{{variant}}.checked"),
         params:
             recipe=recipe,
             overrides=set_args,
         log:
-            f"{RESULTS}/logs/check_data/{{experiment}}.log",
+            f"{RESULTS}/logs/check_data/{{experiment}}/{{variant}}.log",
         conda:
             ENV
         shell:

@@ -1,8 +1,8 @@
 rule evaluate:
     input:
         models=lambda w: [
-            f"{RESULTS}/runs/{w.experiment}/seed{w.seed}/{stage}/model.pt"
-            for stage in pipeline.stages(config, w.experiment)
+            f"{RESULTS}/runs/{w.experiment}/{w.variant}/seed{w.seed}/{stage}/model.pt"
+            for stage in pipeline.stages(config, w.experiment, w.variant)
         ],
     output:
         f"{SEEDED}/evaluation.json",
@@ -14,7 +14,7 @@ rule evaluate:
         mem_mb=RESOURCES.get("mem_mb", 2000),
         runtime=RESOURCES.get("eval_runtime", 30),
     log:
-        f"{RESULTS}/logs/evaluate/{{experiment}}/seed{{seed}}.log",
+        f"{RESULTS}/logs/evaluate/{{experiment}}/{{variant}}/seed{{seed}}.log",
     conda:
         ENV
     shell:

@@ -1,8 +1,8 @@
 rule export:
     input:
         models=lambda w: [
-            f"{RESULTS}/runs/{w.experiment}/seed{w.seed}/{stage}/model.pt"
-            for stage in pipeline.quantized_stages(config, w.experiment)
+            f"{RESULTS}/runs/{w.experiment}/{w.variant}/seed{w.seed}/{stage}/model.pt"
+            for stage in pipeline.quantized_stages(config, w.experiment, w.variant)
         ],
     output:
         f"{SEEDED}/export.json",
@@ -11,7 +11,7 @@ rule export:
         mem_mb=RESOURCES.get("mem_mb", 2000),
         runtime=RESOURCES.get("eval_runtime", 30),
     log:
-        f"{RESULTS}/logs/export/{{experiment}}/seed{{seed}}.log",
+        f"{RESULTS}/logs/export/{{experiment}}/{{variant}}/seed{{seed}}.log",
     conda:
         ENV
     shell:

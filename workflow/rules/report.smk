@@ -1,15 +1,11 @@
 rule tables:
     input:
-        expand(
-            f"{RESULTS}/runs/{{experiment}}/seed{{seed}}/evaluation.json",
-            experiment=config["experiments"],
-            seed=config["seeds"],
-        ),
-        exports=expand(
-            f"{RESULTS}/runs/{{experiment}}/seed{{seed}}/export.json",
-            experiment=config["experiments"] if EXPORT else [],
-            seed=config["seeds"],
-        ),
+        evaluations=[f"{RESULTS}/runs/{e}/{v}/seed{s}/evaluation.json" for e, v, s in RUN_SETS],
+        exports=[
+            f"{RESULTS}/runs/{e}/{v}/seed{s}/export.json"
+            for e, v, s in RUN_SETS
+            if EXPORT and pipeline.quantized_stages(config, e, v)
+        ],
     output:
         csv=[
             report(f"{TABLES}/{task}.csv", category="Tables", labels={"table": task})
@@ -18,8 +14,13 @@ rule tables:
         markdown=expand(f"{TABLES}/{{task}}.md", task=TASKS),
         latex=expand(f"{TABLES}/{{task}}.tex", task=TASKS),
         runs=f"{TABLES}/runs.csv",
+        seeds=[f"{TABLES}/seeds.csv", f"{TABLES}/seeds.md"],
         claims=report(f"{TABLES}/claims.csv", category="Tables", labels={"table": "claims"}),
         claims_md=f"{TABLES}/claims.md",
+        verdicts=[
+            report(f"{TABLES}/verdicts.csv", category="Tables", labels={"table": "verdicts"}),
+            f"{TABLES}/verdicts.md",
+        ],
         figure=report(f"{TABLES}/drop.png", category="Figures", labels={"figure": "drop"}),
         figure_svg=f"{TABLES}/drop.svg",
         deployment=[
@@ -29,9 +30,9 @@ rule tables:
         if EXPORT
         else [],
     params:
-        runs=lambda w, input: Path(input[0]).parents[2],
-        out=lambda w, output: Path(output.runs).parent,
-        results=lambda w, output: Path(output.runs).parents[1],
+        runs=f"{RESULTS}/runs",
+        out=TABLES,
+        results=RESULTS,
     log:
         f"{RESULTS}/logs/tables.log",
     conda:

@@ -13,13 +13,23 @@ rule train:
             f"{RUN}/health.csv",
             category="Quantization health",
             subcategory="{experiment}",
-            labels={"experiment": "{experiment}", "seed": "{seed}", "stage": "{stage}"},
+            labels={
+                "experiment": "{experiment}",
+                "variant": "{variant}",
+                "seed": "{seed}",
+                "stage": "{stage}",
+            },
         ),
         curve=report(
             f"{RUN}/curve.png",
             category="Training curves",
             subcategory="{experiment}",
-            labels={"experiment": "{experiment}", "seed": "{seed}", "stage": "{stage}"},
+            labels={
+                "experiment": "{experiment}",
+                "variant": "{variant}",
+                "seed": "{seed}",
+                "stage": "{stage}",
+            },
         ),
     params:
         recipe=recipe,
@@ -28,14 +38,14 @@ rule train:
         overrides=set_args,
         repq=repq_command(GPUS),
         # resumable checkpoints: an undeclared folder, kept when Snakemake reruns a job
-        resume=lambda w: f"{RESULTS}/resume/{w.experiment}/seed{w.seed}/{w.stage}",
+        resume=lambda w: f"{RESULTS}/resume/{w.experiment}/{w.variant}/seed{w.seed}/{w.stage}",
     threads: THREADS
     resources:
         gpu=GPUS,
         mem_mb=RESOURCES.get("mem_mb", 2000),
         runtime=RESOURCES.get("runtime", 60),
     log:
-        f"{RESULTS}/logs/train/{{experiment}}/seed{{seed}}/{{stage}}.log",
+        f"{RESULTS}/logs/train/{{experiment}}/{{variant}}/seed{{seed}}/{{stage}}.log",
     conda:
         ENV
     shell:
