@@ -98,7 +98,7 @@ def main() -> None:
     args = arguments(__doc__.splitlines()[0], "bn-recalibration").parse_args()
     torch.set_num_threads(args.threads)
     rows = []
-    for run in sorted((args.results / "runs" / args.arch).glob("seed*")):
+    for run in sorted((args.results / "runs" / args.arch / args.variant).glob("seed*")):
         rows += seed_rows(run, args.bits)
     text = markdown(rows)
     print(text)

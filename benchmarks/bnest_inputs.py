@@ -78,7 +78,7 @@ def at_step0(run: Path, method: str, bits: int, out: Path, threads: int) -> list
     job = Job(config, stage, out / run.name / str(stage), init, threads=threads)
     trainer = Trainer(job)
     trainer.calibrate()
-    batch = next(trainer._batches(1))
+    batch = next(trainer.batches(1))
     top1 = trainer.task.evaluate(deploy_form(trainer.model, job.stage), trainer.ctx.device)
     spread = channel_spread(trainer.model, batch)
     losses = first_batch_losses(trainer)
@@ -129,7 +129,7 @@ def summary(rows: list[dict]) -> str:
 def main() -> None:
     args = arguments(__doc__.splitlines()[0], "bnest-inputs").parse_args()
     rows = []
-    for run in sorted((args.results / "runs" / args.arch).glob("seed*")):
+    for run in sorted((args.results / "runs" / args.arch / args.variant).glob("seed*")):
         for method in METHODS_COMPARED:
             rows += at_step0(run, method, args.bits, args.out, args.threads)
     text = summary(rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -140,18 +141,6 @@ def test_mini_epoch_times_both_pipelines_with_their_spread(tmp_path):
     assert "| data.cache | " in table and f"{cached['median']:.2f} (" in table
 
 
-def test_eval_noise_pairs_images_and_gives_the_standard_error_by_hand():
-    sys.path.insert(0, str(BENCHMARKS))
-    from eval_noise import paired_difference
-
-    a = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
-    b = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0], dtype=torch.float64)
-    # per image a - b: 0, 1, 0, -1, 1; mean 0.2; sample sd sqrt(0.7); n 5
-    difference, error = paired_difference(a, b)
-    assert difference == pytest.approx(20.0)
-    assert error == pytest.approx(100 * 0.7**0.5 / 5**0.5)
-
-
 def test_bn_recalibration_replaces_running_stats_by_their_plain_mean(monkeypatch):
     """The diagnostic's re-estimation: every BN's running mean and (unbiased) variance
     become the plain means over the batches of the per-batch statistics."""
@@ -170,3 +159,27 @@ def test_bn_recalibration_replaces_running_stats_by_their_plain_mean(monkeypatch
     torch.testing.assert_close(model[1].running_mean, means)  # float32 rounding
     torch.testing.assert_close(model[1].running_var, variances)
     assert not model.training
+
+
+def _private_members_of_repq() -> set[str]:
+    """Names of repq's private methods and attributes (``def _x``, ``self._x = ``)."""
+    names: set[str] = set()
+    for path in (BENCHMARKS.parent / "repq").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                names.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+    return {n for n in names if n.startswith("_") and not n.startswith("__")}
+
+
+def test_no_benchmark_touches_a_private_member_of_a_repq_object():
+    private = _private_members_of_repq()
+    assert {"_stats", "_track", "_loader"} & private  # the scan finds repq's own
+    touched = [
+        f"{path.name}:{node.lineno} .{node.attr}"
+        for path in sorted(BENCHMARKS.glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr in private
+    ]
+    assert touched == []

@@ -34,6 +34,18 @@ def test_each_stage_trains_with_its_table_s1_lr_times_the_scale(stage, lr):
     assert run_lr({**TRAIN, "lr_scale": 0.25}, Stage.parse(stage)) == pytest.approx(lr / 4)
 
 
+def test_lr_mult_scales_one_methods_weights_lr_and_not_the_steps():
+    train = {**TRAIN, "lr_mult": {"repq": 3.0, "merged": 0.5}}
+    assert run_lr(train, Stage.parse("qat-repq-4")) == pytest.approx(0.03)
+    assert run_lr(train, Stage.parse("qat-merged-8")) == pytest.approx(0.0005)
+    for unchanged, lr in (("qat-bnest-4", 0.01), ("fp", 0.1), ("fp-bnest", 0.1)):
+        assert run_lr(train, Stage.parse(unchanged)) == pytest.approx(lr)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3))
+    model.quant = LSQQuantizer(4, True, 3)
+    groups = {g["name"]: g for g in parameter_groups(model, train, 0.03, 4)}
+    assert groups["steps"]["lr"] == pytest.approx(1e-3)  # Table S1's steps' LR
+
+
 def test_the_steps_have_their_own_scaled_lr_and_no_weight_decay():
     model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3))
     model.quant = LSQQuantizer(4, True, 3)

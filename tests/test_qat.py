@@ -13,6 +13,7 @@ from torch import nn
 
 from repq.models import available, create
 from repq.qat import (
+    QatOptions,
     RepQConv,
     bnest_fp,
     calibrate,
@@ -21,8 +22,11 @@ from repq.qat import (
     set_quantizers,
     to_deploy,
 )
+from repq.qat.repq_conv import FOLD_STATISTICS
+from repq.quant.layers import QuantLayer
 from repq.quant.policy import LayerPrecision
 from repq.reparam import ConvBN, EstimatedStats, RepVGGBlock
+from repq.reparam.stats import BatchStats, running_stats
 
 PRECISION = LayerPrecision("block", 8, 8, True)
 
@@ -248,7 +252,7 @@ def test_kernel_moments_match_s3_s8_and_pass_gradcheck(shape, groups):
     assert torch.autograd.gradcheck(moments, (kernel, mean_x, var_x), fast_mode=True)
 
 
-def _dead_channel_case(mode: str) -> tuple[float, float]:
+def _dead_channel_case(mode: str, bn_stats: str = "float_input") -> tuple[float, float]:
     """Max |input gradient| of a 4-bit RepQ RepVGG block and of its float block, for an
     input whose channel 0 (values in [0, 0.9]) rounds to 0 under the input step 2."""
     torch.manual_seed(0)
@@ -256,6 +260,7 @@ def _dead_channel_case(mode: str) -> tuple[float, float]:
     block.norm_mode = mode
     reference = copy.deepcopy(block).train()
     repq = RepQConv(block, LayerPrecision("block", 4, 4, False))
+    repq.bn_stats = bn_stats
     x = torch.rand(8, 4, 10, 10) * torch.tensor([0.9, 30.0, 3.0, 3.0]).view(1, -1, 1, 1)
     calibrate(repq, [x])
     repq.input_quant.step.data.fill_(2.0)
@@ -275,6 +280,69 @@ def test_a_channel_the_input_quantizer_zeroes_does_not_blow_up_the_gradient(mode
     17.0 and 17.5 with statistics of the quantized input (per block: it compounds)."""
     quantized, reference = _dead_channel_case(mode)
     assert quantized <= 5 * reference
+    # quant.bn_stats: quantized_input brings the blow-up back (the ablations' switch)
+    quantized, reference = _dead_channel_case(mode, "quantized_input")
+    assert quantized > 10 * reference
+
+
+def _options_case(options: QatOptions) -> tuple[nn.Module, torch.Tensor]:
+    """A calibrated 4-bit RepQ RepVGG-A0 (width 1/4) with ``options``, and an input."""
+    torch.manual_seed(0)
+    model = create("repvgg_a0", num_classes=4, width_mult=0.25)
+    randomize(model)
+    x = torch.randn(8, 3, 32, 32)
+    qat = prepare(model, "repq", 4, options=options)
+    return calibrate(qat, [x]), x
+
+
+@pytest.mark.parametrize("bn_stats", FOLD_STATISTICS)
+def test_bn_stats_chooses_what_repq_folds_bn_with_in_training(bn_stats):
+    qat, x = _options_case(QatOptions(bn_stats=bn_stats))
+    layer = next(m for m in qat.modules() if isinstance(m, RepQConv))
+    assert {m.bn_stats for m in qat.modules() if isinstance(m, RepQConv)} == {bn_stats}
+    source = {"float_input": x, "quantized_input": layer.input_quant(x)}.get(bn_stats)
+    stats = layer.train().fold_stats(x)
+    before = _bn_state(layer)
+    kernel, _ = layer.block.kernel_bias(stats)
+    if source is None:  # running statistics: the deploy kernel, BN frozen
+        assert stats is running_stats
+        assert torch.equal(kernel, layer.block.kernel_bias()[0])
+        assert all(torch.equal(a, b) for a, b in zip(before, _bn_state(layer), strict=True))
+    else:
+        expected, _ = copy.deepcopy(layer.block).kernel_bias(BatchStats(source))
+        assert torch.equal(kernel, expected)
+    assert layer.eval().fold_stats(x) is running_stats  # eval: always running
+
+
+def test_running_stats_and_the_int32_bias_train_what_is_deployed():
+    """With BN frozen and the bias on the int32 grid, a training-mode forward is the
+    eval-mode (deployed) forward exactly; with the defaults it is not."""
+    for options, equal in ((QatOptions("running", "int32"), True), (QatOptions(), False)):
+        qat, x = _options_case(options)
+        with torch.no_grad():
+            trained, deployed = qat.train()(x), qat.eval()(x)
+        assert torch.equal(trained, deployed) == equal
+
+
+def test_the_int32_bias_trains_straight_through():
+    """``train_bias: int32`` adds the deployed bias in training; its gradient is the
+    float bias's (straight-through)."""
+    qat, _ = _options_case(QatOptions(train_bias="int32"))
+    float_qat, _ = _options_case(QatOptions())
+    layers = [
+        next(m for m in model.modules() if isinstance(m, QuantLayer)) for model in (qat, float_qat)
+    ]
+    bias = layers[0].float_weight()[1]
+    assert torch.equal(layers[0].train().forward_bias(bias), layers[0].deploy_bias(bias))
+    assert torch.equal(layers[1].train().forward_bias(bias), bias)
+    assert not torch.equal(layers[0].deploy_bias(bias), bias)
+    grads = []
+    for layer in layers:
+        b = bias.detach().requires_grad_()
+        layer.forward_bias(b).square().sum().backward()
+        grads.append(b.grad)
+    assert torch.equal(grads[0], 2 * layers[0].deploy_bias(bias).detach())
+    assert torch.equal(grads[1], 2 * bias.detach())
 
 
 def test_the_plain_fp_stage_keeps_the_model_and_bnests_estimates():

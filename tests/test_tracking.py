@@ -18,8 +18,17 @@ from servers import MlflowServer
 
 from repq.cli import main
 from repq.errors import ConfigError, TrackingError
-from repq.tracking import Journal, Tracker, ensure_experiment, runs_url
-from repq.tracking.journal import Store, bind_store, deliver
+from repq.tracking import (
+    Journal,
+    Tracker,
+    ensure_experiment,
+    now_ms,
+    run_name,
+    run_tags,
+    runs_url,
+)
+from repq.tracking.journal import Store, bind_store, deliver, stored_store
+from repq.vocab import Stage
 
 
 def _store(tmp_path: Path) -> Store:
@@ -52,6 +61,38 @@ def test_delivery_resumes_where_it_stopped_and_sends_each_record_once(tmp_path):
     history = client.get_metric_history(run.info.run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(0, 2.0), (1, 1.0)]
     assert run.info.status == "FINISHED" and run.info.end_time == 3000
+
+
+def test_a_run_delivered_later_keeps_the_times_of_its_job(tmp_path):
+    """Deferred delivery: the run's start and end are when the job started and ended it,
+    not when ``repq tracking-sync`` delivered it (the UI showed negative durations)."""
+    tracking = {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "later"}
+    tracker = Tracker({**tracking, "delivery": "deferred"}, tmp_path / "job" / "tracking.jsonl")
+    before = now_ms()
+    key = tracker.start("a0/lr_x3/fp", run_tags_of("lr_x3"), {}, started=before - 60_000)
+    tracker.finish()
+    ended = tracker.journal.records()[-1]["time"]
+    time.sleep(0.2)
+    assert deliver(tracker.journal, stored_store(tracker.journal)) == 3
+    run = MlflowClient(tracking["uri"]).get_run(tracker.journal.state()["runs"][key])
+    assert run.info.start_time == before - 60_000 and run.info.end_time == ended
+    assert run.info.end_time - run.info.start_time >= 60_000
+    assert run.data.tags["variant"] == "lr_x3" and run.info.run_name == "a0/lr_x3/fp"
+
+
+def run_tags_of(variant: str) -> dict[str, str]:
+    config = {"model": {"name": "a0"}, "task": "classification", "train": {}}
+    return run_tags({**config, "tracking": {"variant": variant}}, Stage.parse("fp"), "train")
+
+
+def test_run_names_and_tags_carry_the_variant_except_the_base():
+    config = {"model": {"name": "repvgg_a0"}, "task": "classification", "train": {"seed": 2}}
+    stage = Stage.parse("qat-repq-4")
+    assert run_name(config, str(stage)) == "repvgg_a0/qat-repq-4"
+    assert run_tags(config, stage, "train")["variant"] == "base"
+    config["tracking"] = {"variant": "lr_x3"}
+    assert run_name(config, f"eval-{stage}") == "repvgg_a0/lr_x3/eval-qat-repq-4"
+    assert run_tags(config, stage, "evaluate")["variant"] == "lr_x3"
 
 
 def test_a_journal_with_undelivered_records_is_not_sent_to_another_store(tmp_path):

@@ -39,6 +39,30 @@ def test_workflow_schema_enums_are_the_vocabulary():
     assert RECIPE_SCHEMA["properties"]["tracking"]["properties"]["delivery"]["enum"] == delivery
 
 
+def test_the_variants_schema_is_the_vocabulary():
+    variants = WORKFLOW_SCHEMA["properties"]["variants"]
+    assert variants["propertyNames"]["not"]["const"] == vocab.BASE_VARIANT
+    spec = variants["additionalProperties"]["properties"]
+    assert spec["stages"]["enum"] == list(vocab.VARIANT_SCOPES)
+    assert spec["methods"]["items"]["enum"] == list(METHODS)
+    assert spec["bits"]["items"]["enum"] == list(vocab.BITS)
+
+
+def test_the_recipe_switches_are_the_implementations():
+    from repq.qat.repq_conv import FOLD_STATISTICS
+    from repq.quant.layers import TRAIN_BIASES
+
+    quant = RECIPE_SCHEMA["properties"]["quant"]["properties"]
+    assert quant["bn_stats"]["enum"] == list(FOLD_STATISTICS)
+    assert quant["train_bias"]["enum"] == list(TRAIN_BIASES)
+    lr_mult = RECIPE_SCHEMA["properties"]["train"]["properties"]["lr_mult"]["properties"]
+    assert list(lr_mult) == list(METHODS)
+    variant = RECIPE_SCHEMA["properties"]["tracking"]["properties"]["variant"]
+    assert (
+        variant["pattern"] == WORKFLOW_SCHEMA["properties"]["variants"]["propertyNames"]["pattern"]
+    )
+
+
 def test_workflow_mini_keys_are_the_mini_spec():
     keys = set(WORKFLOW_SCHEMA["properties"]["mini"]["properties"])
     assert keys == {f.name for f in dataclasses.fields(MiniSpec)} | {"out"}

@@ -219,7 +219,7 @@ class Trainer:
 
     # -- training --------------------------------------------------------------------
 
-    def _batches(self, count: int) -> Iterator[torch.Tensor]:
+    def batches(self, count: int) -> Iterator[torch.Tensor]:
         """The first ``count`` input batches of epoch 0, on the device."""
         self.sampler.set_epoch(0)
         for inputs, _ in itertools.islice(self.loader, count):
@@ -232,7 +232,7 @@ class Trainer:
         if not self.job.stage.quantized:
             return
         batches = QuantInit.from_config(self.job.config).calibration_batches
-        calibrate(self.model, self._batches(batches))
+        calibrate(self.model, self.batches(batches))
         self.clipped_init = clipped_fractions(self.model)
 
     def _to_device(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -362,7 +362,7 @@ class Trainer:
         weights' outlier ratios)."""
         if not self.job.stage.quantized:
             return float_health_rows(self.model)
-        batch = next(self._batches(1))
+        batch = next(self.batches(1))
         return health_rows(self.model, self.clipped_init, batch)
 
     def _finish(self) -> dict:
