@@ -120,17 +120,36 @@ def validate(config: dict) -> dict:
     written as strings are read as numbers first); returns the checked config."""
     schema = _schema()
     config = coerce_scalars(config, schema)
-    errors = sorted(
-        jsonschema.Draft202012Validator(schema).iter_errors(config),
-        key=lambda e: list(e.absolute_path),
-    )
-    if errors:
-        lines = dict.fromkeys(
-            f"  {'.'.join(map(str, e.absolute_path)) or '<top level>'}: {_message(e)}"
-            for e in errors
-        )
-        raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+    problems = schema_problems(config, schema)
+    if problems:
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
     return config
+
+
+def schema_problems(instance: Any, schema: dict) -> list[str]:
+    """What ``instance`` breaks of ``schema``, one line each (``key.path: message``),
+    ordered by key."""
+    errors = sorted(
+        jsonschema.Draft202012Validator(schema).iter_errors(instance),
+        key=lambda e: [str(p) for p in e.absolute_path],
+    )
+    return list(
+        dict.fromkeys(
+            f"{'.'.join(map(str, e.absolute_path)) or '<top level>'}: {_message(e)}" for e in errors
+        )
+    )
+
+
+def with_defaults(instance: dict, schema: dict) -> dict:
+    """A copy of ``instance`` with the ``default`` of every property ``schema`` names
+    and it lacks, in it and in every mapping below it that the schema describes."""
+    filled = copy.deepcopy(instance)
+    for key, child in schema.get("properties", {}).items():
+        if key not in filled and "default" in child:
+            filled[key] = copy.deepcopy(child["default"])
+        elif isinstance(filled.get(key), dict):
+            filled[key] = with_defaults(filled[key], child)
+    return filled
 
 
 def recipe_keys(schema: dict | None = None, prefix: str = "") -> list[str]:

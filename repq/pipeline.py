@@ -18,9 +18,9 @@ from pathlib import Path
 import yaml
 
 from repq import vocab
-from repq.config import check_keys, coerce_scalars
+from repq.config import check_keys, coerce_scalars, schema_problems, with_defaults
 from repq.errors import ConfigError
-from repq.tracking.mlflow_tracker import sqlite_uri
+from repq.tracking.store import sqlite_uri
 
 
 @cache
@@ -38,10 +38,20 @@ def task_of(experiment: dict) -> str:
     return _recipe(experiment)["task"]
 
 
-def coerce_config(config: dict, schema_path: str) -> dict:
-    """The workflow config with YAML 1.2 numbers and booleans where its schema wants them (Snakemake
-    reads ``--config bits=[4]`` as the string ``'4'``)."""
-    return coerce_scalars(config, yaml.safe_load(Path(schema_path).read_text()))
+def checked_config(config: dict, schema_path: str) -> dict:
+    """The workflow config with YAML 1.2 numbers and booleans where its schema wants them
+    (Snakemake reads ``--config bits=[4]`` as the string ``'4'``) and the schema's
+    defaults filled in, checked against the schema and by :func:`check_config`; a
+    ConfigError names the first problem in one line."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    config = coerce_scalars(config, schema)
+    problems = schema_problems(config, schema)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ConfigError(f"{problems[0]}{more}")
+    config = with_defaults(config, schema)
+    check_config(config)
+    return config
 
 
 def tasks(config: dict) -> list[str]:

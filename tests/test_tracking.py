@@ -27,7 +27,9 @@ from repq.tracking import (
     run_tags,
     runs_url,
 )
-from repq.tracking.journal import Store, bind_store, deliver, stored_store
+from repq.tracking.delivery import deliver
+from repq.tracking.journal import bind_store, stored_store
+from repq.tracking.store import Store
 from repq.vocab import Stage
 
 

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import slurm_cluster
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 from servers import MlflowServer
@@ -93,7 +94,7 @@ def test_every_seed_repeats_every_stage(workdir):
     # 3 seeds x (4 classifiers x (fp, fp-bnest, 3 methods x 2 bits) + ECBSR (fp, 2 x 2))
     assert counts["train"] == 3 * (4 * 8 + 5) and counts["evaluate"] == 3 * 5
     for seed in (0, 1, 2):
-        assert f"results/runs/repvgg_a0/seed{seed}/qat-bnest-4/model.pt" in result.stdout
+        assert f"results/runs/repvgg_a0/base/seed{seed}/qat-bnest-4/model.pt" in result.stdout
         assert f"--set 'train.seed={seed}'" in _plan(workdir, f"seeds=[{seed}]")
 
 
@@ -146,14 +147,80 @@ def test_lint_reports_nothing(workdir):
     assert "Lints for" not in result.stdout + result.stderr
 
 
-def test_wrong_config_value_names_the_key(workdir):
-    result = snakemake(workdir, "-n", "--config", "bits=[3]", check=False)
-    output = result.stdout + result.stderr
+def _error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    """What a refused workflow printed, less Snakemake's line naming the profile."""
+    lines = (result.stdout + result.stderr).splitlines()
+    return [line for line in lines if not line.startswith("Using workflow specific profile")]
+
+
+@pytest.mark.parametrize(
+    ("config", "line"),
+    [
+        ("bits=[3]", "config error: bits.0: 3 is not one of [8, 4]"),
+        (
+            "epochs=3",
+            "config error: <top level>: Additional properties are not allowed "
+            "('epochs' was unexpected)",
+        ),
+        (
+            "variants={lr: {stages: quantized, sett: {train.epochs: 3}}}",
+            "config error: variants.lr: Additional properties are not allowed ('sett' was "
+            "unexpected) (and 1 more)",
+        ),
+        (
+            "variants={lr: {stages: quantized, set: {train.lr.quantised: 0.1}}}",
+            "config error: variants.lr.set: 'train.lr.quantised' is not a recipe key "
+            "(repq/recipe.schema.yaml); did you mean train.lr.quantized?",
+        ),
+        (
+            "variants={base: {set: {train.epochs: 3}}}",
+            "config error: variants: 'base' should not be valid under {'const': 'base'}",
+        ),
+    ],
+)
+def test_a_wrong_config_is_refused_in_one_line_naming_the_key(workdir, config, line):
+    result = snakemake(workdir, "-n", "--config", config, check=False)
     assert result.returncode != 0
-    assert "On instance['bits'][0]" in output and "is not one of [8, 4]" in output
-    result = snakemake(workdir, "-n", "--config", "epochs=3", check=False)
-    assert result.returncode != 0
-    assert "'epochs' was unexpected" in result.stdout + result.stderr
+    assert _error_lines(result) == [line]
+
+
+VARIANTS = (
+    "variants={"
+    "lr_x3: {stages: quantized, set: {train.lr_mult: {merged: 3.0, repq: 3.0}}, bits: [4]},"
+    " wide: {set: {model.kwargs.width_mult: 0.5}, experiments: [repvgg_a0], methods: [repq]}}"
+)
+
+
+def test_a_quantized_variant_shares_the_base_fp_job_and_a_model_variant_has_its_own(workdir):
+    result = snakemake(workdir, "-n", "-p", "--cores", "2", "--config", VARIANTS)
+    counts = job_counts(result.stdout)
+    # the demo's 47; lr_x3: per classifier PTQ and 3 methods at 4 bits, ECBSR PTQ and 2;
+    # wide (RepVGG-A0, RepQ only): its own fp, then PTQ and RepQ at 8 and 4 bits
+    assert counts["train"] == 47 + 4 * 4 + 3 + 5
+    assert counts["evaluate"] == counts["export"] == 5 + 5 + 1
+    fp_jobs = re.findall(r"--stage fp(?:-bnest)? .*?--out (\S+)", result.stdout)
+    assert len(fp_jobs) == 4 * 2 + 1 + 1  # the base's and wide's: one FP job each
+    assert "results/runs/repvgg_a0/wide/seed0/fp" in fp_jobs
+    assert not [f for f in fp_jobs if "/lr_x3/" in f]
+    lr_job = re.search(
+        r"--stage qat-repq-4 --init (\S+) --out results/runs/repvgg_a0/lr_x3/", result.stdout
+    )
+    assert lr_job and lr_job[1] == "results/runs/repvgg_a0/base/seed0/fp/model.pt"
+    wide_job = re.search(
+        r"--stage qat-repq-4 --init (\S+) --out results/runs/repvgg_a0/wide/", result.stdout
+    )
+    assert wide_job and wide_job[1] == "results/runs/repvgg_a0/wide/seed0/fp/model.pt"
+    assert "--set 'tracking.variant=\"lr_x3\"'" in result.stdout
+
+
+def test_the_ablations_plan_one_fp_job_per_seed_and_variant_of_the_model(workdir):
+    result = snakemake(workdir, "-n", "--cores", "2", "--configfile", "config/ablations.yaml")
+    counts = job_counts(result.stdout)
+    config = yaml.safe_load((ROOT / "config" / "ablations.yaml").read_text())
+    seeds, variants = len(config["seeds"]), config["variants"]
+    own_fp = sum(v["stages"] == "all" for v in variants.values())
+    assert counts["train"] == seeds * (2 * (1 + len(variants)) + 1 + own_fp)
+    assert counts["evaluate"] == seeds * (1 + len(variants)) and "export" not in counts
 
 
 MICRO = {
@@ -191,6 +258,15 @@ MICRO = {
     },
     "methods": ["repq", "bnest"],
     "bits": [4],
+    "variants": {  # a toy variant: twice RepQ's LR, from the base's FP model
+        "lr_x2": {
+            "stages": "quantized",
+            "set": {"train.lr_mult": {"repq": 2.0}},
+            "methods": ["repq"],
+            "ptq": False,
+            "experiments": ["repvgg_a0"],
+        }
+    },
     "resources": {"threads": 1},
 }
 
@@ -213,7 +289,8 @@ def test_micro_pipeline_end_to_end(micro_run):
     tables = workdir / "results" / "tables"
     classification = pd.read_csv(tables / "classification.csv")
     superres = pd.read_csv(tables / "superres.csv")
-    assert list(classification["model"]) == ["RepVGG-A0"]
+    assert list(classification["model"]) == ["RepVGG-A0"] * 2
+    assert list(classification["variant"]) == ["base", "lr_x2"]
     # one seed: every value is there, and no standard deviation
     for table in (classification, superres):
         stds = [c for c in table.columns if c.endswith(" std")]
@@ -222,21 +299,46 @@ def test_micro_pipeline_end_to_end(micro_run):
     ran = superres[(superres["bits"] != 8) & (superres["method"] != "Merged")]
     assert list(ran["method"]) == ["FP", "PTQ", "RepQ"] and "no run" not in ran.to_string()
     assert set(superres[superres["bits"] == 8]["mini_a PSNR"]) == {"no run"}  # not configured
-    assert list(classification.columns[:3]) == ["model", "FP", "FP std"]
-    assert {"claims.md", "claims.csv", "runs.csv"} <= {p.name for p in tables.iterdir()}
+    assert list(classification.columns[:4]) == ["model", "variant", "FP", "FP std"]
+    # the variant's row shows the base's FP model it started from, and its own RepQ
+    base, variant = classification.to_dict("records")
+    assert variant["FP"] == base["FP"] and variant["4-bit PTQ"] == "no run"
+    written = {p.name for p in tables.iterdir()}
+    assert {"claims.md", "claims.csv", "runs.csv", "verdicts.md", "seeds.md"} <= written
+    claims = pd.read_csv(tables / "claims.csv")
+    assert set(claims["variant"]) == {"base", "lr_x2"}
+    verdicts = (tables / "verdicts.md").read_text()
+    assert "| base " in verdicts.splitlines()[0] and "lr_x2" in verdicts.splitlines()[0]
     assert (tables / "drop.png").stat().st_size > 0 and (tables / "classification.tex").exists()
-    evaluation = json.loads((workdir / "results/runs/repvgg_a0/seed0/evaluation.json").read_text())
+    runs_folder = workdir / "results/runs/repvgg_a0"
+    evaluation = json.loads((runs_folder / "base/seed0/evaluation.json").read_text())
     evaluated = next(r for r in evaluation["results"] if r["stage"] == "qat-repq-4")
     assert classification.loc[0, "4-bit RepQ"] == pytest.approx(evaluated["metrics"]["top1"])
+    assert not (runs_folder / "lr_x2/seed0/fp").exists()  # it shares the base's
+    config = json.loads((runs_folder / "lr_x2/seed0/qat-repq-4/config.json").read_text())
+    assert config["train"]["lr_mult"] == {"repq": 2.0}
+    assert config["tracking"]["variant"] == "lr_x2"
+    trained = [
+        torch.load(runs_folder / f"{v}/seed0/qat-repq-4/model.pt", weights_only=True)["model"]
+        for v in ("base", "lr_x2")
+    ]
+    assert trained[0].keys() == trained[1].keys()
+    assert any(not torch.equal(trained[0][k], trained[1][k]) for k in trained[0])
 
     # every job's run, found through the server's REST API by the invocation's tag
     (report,) = server.runs_tagged("job", "report")
     pipeline = next(t["value"] for t in report["data"]["tags"] if t["key"] == "pipeline")
     runs = server.runs_tagged("pipeline", pipeline)
     jobs = [next(t["value"] for t in r["data"]["tags"] if t["key"] == "job") for r in runs]
-    assert jobs.count("train") == 8 and jobs.count("evaluate") == 8 and jobs.count("report") == 1
-    assert jobs.count("export") == 5  # RepVGG-A0 ptq-4, repq-4, bnest-4; ECBSR ptq-4, repq-4
+    assert jobs.count("train") == 9 and jobs.count("evaluate") == 9 and jobs.count("report") == 1
+    # RepVGG-A0 ptq-4, repq-4, bnest-4 and lr_x2's repq-4; ECBSR ptq-4, repq-4
+    assert jobs.count("export") == 6
     assert {r["info"]["status"] for r in runs} == {"FINISHED"}
+    variant = [r for r in runs if _tag(r, "variant") == "lr_x2"]
+    assert sorted(_tag(r, "job") for r in variant) == ["evaluate", "export", "train"]
+    assert {r["info"]["run_name"] for r in variant} >= {"repvgg_a0/lr_x2/qat-repq-4"}
+    for run in runs:  # a job's run lasts from its start to its end
+        assert 0 <= int(run["info"]["end_time"]) - int(run["info"]["start_time"]) < 600_000
 
     # the deployed models: every PTQ and QAT model as onnxruntime runs it. The two differ
     # only in the order of float sums, which moves a 4-bit activation code now and then:
@@ -244,16 +346,16 @@ def test_micro_pipeline_end_to_end(micro_run):
     # (4e-7), and the metrics are equal; a float bias instead of the int32 one onnxruntime
     # adds agrees on 86% (a trained 4-bit RepVGG-A0)
     deployment = pd.read_csv(tables / "deployment.csv")
-    assert len(deployment) == 5 and set(deployment["codes equal"]) == {"yes"}
+    assert len(deployment) == 6 and set(deployment["codes equal"]) == {"yes"}
     assert (deployment["ONNX"] == deployment["PyTorch"]).all()
     agreement = pd.to_numeric(deployment["top-1 agreement %"], errors="coerce").dropna()
-    assert len(agreement) == 3 and (agreement >= 100 * 47 / 48).all()
+    assert len(agreement) == 4 and (agreement >= 100 * 47 / 48).all()
     # the integer codes show in the file's size where the weights outweigh the per-channel
     # steps and int32 biases: RepVGG-A0 0.157 of FP32; the micro ECBSR (m1, c8: 700
     # weights) 1.14
     sizes = dict(zip(deployment["model"], deployment["QDQ / FP32 size"], strict=False))
     assert sizes["RepVGG-A0"] < 0.2 and sizes["ECBSR"] > 1
-    onnx_file = workdir / "results/runs/repvgg_a0/seed0/qat-repq-4/model.onnx"
+    onnx_file = runs_folder / "base/seed0/qat-repq-4/model.onnx"
     exported = json.loads(onnx_file.with_name("export.json").read_text())
     assert exported["bytes"] == onnx_file.stat().st_size
 
@@ -283,6 +385,11 @@ def test_micro_pipeline_end_to_end(micro_run):
 TABLES = ("classification.csv", "classification.md", "superres.csv", "superres.md", "runs.csv")
 
 
+def _tag(run: dict, key: str) -> str | None:
+    """A tag of a run as the REST API gives it."""
+    return next((t["value"] for t in run["data"]["tags"] if t["key"] == key), None)
+
+
 def test_a_killed_workflow_is_unlocked_and_finishes_with_the_same_tables(micro_run, tmp_path):
     reference, _ = micro_run
     workdir = _copy_workflow(tmp_path)
@@ -295,7 +402,7 @@ def test_a_killed_workflow_is_unlocked_and_finishes_with_the_same_tables(micro_r
     )
     models = workdir / "results" / "runs"
     deadline = time.monotonic() + 600
-    while len(list(models.glob("*/seed0/*/model.pt"))) < 3:
+    while len(list(models.glob("*/base/seed0/*/model.pt"))) < 3:
         if run.poll() is not None or time.monotonic() > deadline:
             log.close()
             raise AssertionError((tmp_path / "killed.log").read_text()[-3000:])
@@ -329,6 +436,7 @@ SLURM_MICRO = {
     "methods": ["repq"],
     "bits": [4],
     "ptq": False,
+    "variants": {},
 }
 
 
@@ -393,7 +501,7 @@ def test_the_workflow_runs_on_slurm_and_a_cancelled_job_resumes(tmp_path):
             command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True,
         )  # fmt: skip
-        checkpoint = workdir / "results/resume/ecbsr_x2/seed0/fp/last.pt"
+        checkpoint = workdir / "results/resume/ecbsr_x2/base/seed0/fp/last.pt"
         deadline = time.monotonic() + 600
         while not checkpoint.exists():
             if run.poll() is not None or time.monotonic() > deadline:
@@ -413,7 +521,7 @@ def test_the_workflow_runs_on_slurm_and_a_cancelled_job_resumes(tmp_path):
     submitted = re.findall(r"submitted with SLURM jobid (\d+)", output, flags=re.IGNORECASE)
     planned = 7  # prepare_mini, tracking_init, train fp and qat-repq-4, evaluate, export, tables
     assert len(submitted) == planned + 1, output[-4000:]  # every job, and the retry
-    log = (workdir / "results/logs/train/ecbsr_x2/seed0/fp.log").read_text()
+    log = (workdir / "results/logs/train/ecbsr_x2/base/seed0/fp.log").read_text()
     assert "resumed ecbsr/fp at epoch" in log, log[-2000:]
     assert (workdir / "results/tables/superres.csv").exists()
     client = MlflowClient(f"sqlite:///{workdir / 'results' / 'mlflow.db'}")

@@ -27,7 +27,8 @@ from repq.quant.init import QuantInit
 from repq.quant.layers import QuantLayer
 from repq.quant.policy import LayerPrecision
 from repq.reparam.base import ReparamBlock
-from repq.reparam.stats import BatchStats, EstimatedStats, NormStats, running_stats
+from repq.reparam.estimate import EstimatedStats
+from repq.reparam.stats import BatchStats, NormStats, running_stats
 
 FOLD_STATISTICS = ("float_input", "quantized_input", "running")
 """What RepQ and RepQ-BNest fold BN with in training (``quant.bn_stats``): the batch

@@ -6,9 +6,10 @@ from repq.reparam.base import Branch, ReparamBlock, fold_norm, identity_kernel, 
 from repq.reparam.branch_sum import BranchSum, Term, plain_norm
 from repq.reparam.convbn import ConvBN
 from repq.reparam.ecb import ECB
+from repq.reparam.estimate import EstimatedStats
 from repq.reparam.orepa import OREPABlock, OREPAKernel, OREPALargeConv, compose_kernels
 from repq.reparam.repvgg import RepVGGBlock
-from repq.reparam.stats import BatchStats, EstimatedStats, NormStats, running_stats
+from repq.reparam.stats import BatchStats, NormStats, running_stats
 from repq.reparam.surgery import (
     PerBranchWarning,
     adopt_blocks,

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from repq.reparam.estimate import estimated_kernel_bias
-from repq.reparam.stats import EstimatedStats, NormStats, running_stats
+from repq.reparam.estimate import EstimatedStats
+from repq.reparam.stats import NormStats, running_stats
 
 NORM_MODES = ("batch", "estimate")
 
@@ -142,14 +142,12 @@ class ReparamBlock(nn.Module, ABC):
     def kernel_bias(self, stats: NormStats | None = None) -> tuple[Tensor, Tensor]:
         """``M(params)``: the kernel and bias of the equivalent single convolution.
 
-        ``stats`` gives each BN branch its ``(mean, var)``; by default the running
-        statistics, which makes the result the exact deploy kernel. Estimated statistics
-        (RepQ-BNest) merge the whole block in one autograd node, equal to
-        :meth:`merge_branches` up to rounding.
+        ``stats`` gives each BN branch its ``(mean, var)`` and merges the block with them
+        (:mod:`repq.reparam.stats`); by default the running statistics, which makes the
+        result the exact deploy kernel. Estimated statistics (RepQ-BNest) merge the whole
+        block in one autograd node, equal to :meth:`merge_branches` up to rounding.
         """
-        if isinstance(stats, EstimatedStats):
-            return estimated_kernel_bias(self, stats.mean_x, stats.var_x, stats.count)
-        return self.merge_branches(running_stats if stats is None else stats)
+        return (running_stats if stats is None else stats).merge(self)
 
     def merge_branches(self, stats: NormStats) -> tuple[Tensor, Tensor]:
         """Fold each BN branch with ``stats`` (eq. of the BN fusion), scale it, and sum

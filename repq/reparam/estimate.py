@@ -1,7 +1,8 @@
 """RepQ-BNest's ``M(params)`` for a whole block in one autograd node.
 
 Every branch of a block is folded with its S3/S8 statistics and summed into the deploy
-kernel and bias (:meth:`ReparamBlock.kernel_bias` with :class:`EstimatedStats`): per
+kernel and bias (``EstimatedStats(x).merge(block)``, what :meth:`ReparamBlock.kernel_bias`
+returns for those statistics): per
 BN branch ``c = sum_{i,t} W_oit E[X_i]``, ``V = sum_{i,t} W_oit^2 V[X_i]``,
 ``a = gamma s / sqrt(V + eps)`` (``s`` a layer scale or sign), kernel ``a W`` and bias
 ``beta s - a c``; a branch without BN adds ``s W`` and ``s b``. Written out per branch
@@ -22,7 +23,14 @@ from torch import Tensor
 from torch.autograd.profiler import record_function
 
 from repq import cpu_kernel
-from repq.reparam.stats import per_input, per_output, tap_sums, update_running_stats
+from repq.reparam.stats import (
+    channel_moments,
+    kernel_moments,
+    per_input,
+    per_output,
+    tap_sums,
+    update_running_stats,
+)
 
 if TYPE_CHECKING:
     from repq.reparam.base import Branch, ReparamBlock
@@ -228,3 +236,30 @@ def estimated_kernel_bias(
     for norm, (mean, var) in zip(norms, stats, strict=True):
         update_running_stats(norm, mean, var, count)
     return kernel, bias
+
+
+class EstimatedStats:
+    """RepQ-BNest: ``E[X*W] ~ E[X] . sum_ij W_ij`` (S3), ``V[X*W] ~ V[X] . sum_ij W_ij^2`` (S8).
+
+    Border pixels are neglected and the input channels are taken as uncorrelated; the
+    input moments are measured once per batch and shared by every branch of a block.
+    ``merge`` folds and sums a whole block in one autograd node
+    (:func:`estimated_kernel_bias`); called per branch, it is that node's reference
+    (:meth:`ReparamBlock.merge_branches`).
+    """
+
+    def __init__(self, x: Tensor) -> None:
+        self.mean_x, self.var_x = channel_moments(x)
+        self.count = x.numel() // x.shape[1]
+
+    def __call__(self, branch: Branch, block: ReparamBlock) -> tuple[Tensor, Tensor]:
+        kernel = branch.kernel
+        mean_x, var_x = self.mean_x.to(kernel.dtype), self.var_x.to(kernel.dtype)
+        mean, var = kernel_moments(kernel, mean_x, var_x, block.groups)
+        if branch.bias is not None:
+            mean = mean + branch.bias
+        update_running_stats(branch.norm, mean, var, self.count)
+        return mean, var
+
+    def merge(self, block: ReparamBlock) -> tuple[Tensor, Tensor]:
+        return estimated_kernel_bias(block, self.mean_x, self.var_x, self.count)

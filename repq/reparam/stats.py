@@ -1,13 +1,16 @@
 """Sources of the BatchNorm statistics folded into a block's kernel.
 
-Each source is a callable ``(branch, block) -> (mean, var)`` giving the mean and the
-biased variance of a BN branch's pre-norm output ``x * K + b`` per output channel:
+Each source (:class:`NormStats`) is a callable ``(branch, block) -> (mean, var)`` giving
+the mean and the biased variance of a BN branch's pre-norm output ``x * K + b`` per
+output channel, and merges a block with them (``merge``: what
+:meth:`ReparamBlock.kernel_bias` returns):
 
-* :func:`running_stats`: the BN's running statistics (eval mode, deploy);
+* :data:`running_stats`: the BN's running statistics (eval mode, deploy);
 * :class:`BatchStats`: the statistics of the current batch, measured by running the
   branch's float conv once (RepQ-BN, the paper's Algorithm 1);
-* :class:`EstimatedStats`: estimated from the input's per-channel moments and the
-  kernel, with no extra conv (RepQ-BNest, supplementary eqs. S3 and S8).
+* :class:`repq.reparam.estimate.EstimatedStats`: estimated from the input's per-channel
+  moments and the kernel, with no extra conv (RepQ-BNest, supplementary eqs. S3 and
+  S8), merged in one autograd node.
 
 The last two update the BN's running statistics as ``nn.BatchNorm2d`` does.
 """
@@ -27,12 +30,28 @@ if TYPE_CHECKING:
 
 
 class NormStats(Protocol):
-    def __call__(self, branch: Branch, block: ReparamBlock) -> tuple[Tensor, Tensor]: ...
+    def __call__(self, branch: Branch, block: ReparamBlock) -> tuple[Tensor, Tensor]:
+        """A BN branch's ``(mean, var)``."""
+
+    def merge(self, block: ReparamBlock) -> tuple[Tensor, Tensor]:
+        """The block's kernel and bias with every BN branch folded with these statistics."""
 
 
-def running_stats(branch: Branch, block: ReparamBlock) -> tuple[Tensor, Tensor]:
+class PerBranch:
+    """A source that merges branch by branch (:meth:`ReparamBlock.merge_branches`)."""
+
+    def merge(self, block: ReparamBlock) -> tuple[Tensor, Tensor]:
+        return block.merge_branches(self)
+
+
+class RunningStats(PerBranch):
     """The BN's running mean and variance: the deploy statistics."""
-    return branch.norm.running_mean, branch.norm.running_var
+
+    def __call__(self, branch: Branch, block: ReparamBlock) -> tuple[Tensor, Tensor]:
+        return branch.norm.running_mean, branch.norm.running_var
+
+
+running_stats = RunningStats()
 
 
 @torch.no_grad()
@@ -88,7 +107,7 @@ def channel_moments(y: Tensor) -> tuple[Tensor, Tensor]:
     return ChannelMoments.apply(y)
 
 
-class BatchStats:
+class BatchStats(PerBranch):
     """RepQ-BN: statistics of each BN branch's float output on the current batch.
 
     Gradients flow through the mean and variance exactly as through ``nn.BatchNorm2d``.
@@ -133,26 +152,3 @@ def kernel_moments(
     mean = (ksum * per_output(mean_x, groups, out_channels)).sum(-1)
     var = (energy * per_output(var_x, groups, out_channels)).sum(-1)
     return mean, var
-
-
-class EstimatedStats:
-    """RepQ-BNest: ``E[X*W] ~ E[X] . sum_ij W_ij`` (S3), ``V[X*W] ~ V[X] . sum_ij W_ij^2`` (S8).
-
-    Border pixels are neglected and the input channels are taken as uncorrelated; the
-    input moments are measured once per batch and shared by every branch of a block.
-    Called per branch, it is the reference of the one-node merge that
-    :meth:`ReparamBlock.kernel_bias` runs (:mod:`repq.reparam.estimate`).
-    """
-
-    def __init__(self, x: Tensor) -> None:
-        self.mean_x, self.var_x = channel_moments(x)
-        self.count = x.numel() // x.shape[1]
-
-    def __call__(self, branch: Branch, block: ReparamBlock) -> tuple[Tensor, Tensor]:
-        kernel = branch.kernel
-        mean_x, var_x = self.mean_x.to(kernel.dtype), self.var_x.to(kernel.dtype)
-        mean, var = kernel_moments(kernel, mean_x, var_x, block.groups)
-        if branch.bias is not None:
-            mean = mean + branch.bias
-        update_running_stats(branch.norm, mean, var, self.count)
-        return mean, var

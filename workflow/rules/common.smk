@@ -1,21 +1,25 @@
 import os
+import sys
 import uuid
 from pathlib import Path
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 from repq import pipeline, vocab
+from repq.errors import ConfigError
 
 min_version("9.0")
 
 # No `configfile:` here: a config given on the command line would be merged into it.
 # profiles/default names config/config.yaml (the demo); other runs pass --configfile.
-# Numbers that `--config` or YAML 1.1 left as strings are read as YAML 1.2 numbers;
-# validation also fills in the schema's defaults (ptq, seeds).
+# Numbers that `--config` or YAML 1.1 left as strings are read as YAML 1.2 numbers; the
+# schema's defaults are filled in (ptq, seeds); every override key must be a recipe key
+# and every variant fit the base. A problem stops the workflow in one line.
 SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
-config.update(pipeline.coerce_config(config, SCHEMA))
-validate(config, "../schemas/config.schema.yaml")
-pipeline.check_config(config)  # override keys are recipe keys; variants fit the base
+try:
+    config.update(pipeline.checked_config(config, SCHEMA))
+except ConfigError as err:
+    sys.exit(f"config error: {err}")
 
 RESULTS = config["results"]
 RESOURCES = config.get("resources", {})
