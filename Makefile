@@ -7,7 +7,7 @@ STAMP := $(VENV)/.deps-stamp
 CORES ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint format demo mini ablations timm unlock mutation bench bench-gpu clean-demo
+.PHONY: setup test lint format demo mini ablations timm docs unlock mutation bench bench-gpu clean-demo
 
 setup: $(STAMP)
 
@@ -30,29 +30,37 @@ format: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-demo: $(STAMP)
+SNAKEMAKE = PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --profile profiles/default
+
+# $(call workflow,<snakemake options>,<results folder>): the whole DAG (its wall time in
+# <results>/wall_seconds, which `repq report snapshot` keeps), the HTML report, and where
+# everything is.
+define workflow
 	@$(BIN)/python workflow/scripts/stale_lock.py
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --profile profiles/default
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --profile profiles/default --report results/report.html
-	@$(BIN)/repq demo-summary
+	@mkdir -p $(2)
+	@start=$$(date +%s) && $(SNAKEMAKE) --cores $(CORES) $(1) && echo $$(( $$(date +%s) - start )) > $(2)/wall_seconds
+	$(SNAKEMAKE) $(1) --report $(2)/report.html
+	@$(BIN)/repq demo-summary --results $(2)
+endef
+
+demo: $(STAMP)
+	$(call workflow,,results)
 
 mini: $(STAMP)
-	@$(BIN)/python workflow/scripts/stale_lock.py
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --profile profiles/default --configfile config/mini.yaml
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --profile profiles/default --configfile config/mini.yaml --report results/reproduction/report.html
-	@$(BIN)/repq demo-summary --results results/reproduction
+	$(call workflow,--configfile config/mini.yaml,results/reproduction)
 
 # The ablations (config/ablations.yaml): five seeds of 4-bit Merged and RepQ on the mini
 # RepVGG-A0 and seven variants, each changing one lever; tables in results/ablations/tables.
 ablations: $(STAMP)
-	@$(BIN)/python workflow/scripts/stale_lock.py
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --profile profiles/default --configfile config/ablations.yaml
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --profile profiles/default --configfile config/ablations.yaml --report results/ablations/report.html
-	@$(BIN)/repq demo-summary --results results/ablations
+	$(call workflow,--configfile config/ablations.yaml,results/ablations)
 
 timm: $(STAMP)
-	@$(BIN)/python workflow/scripts/stale_lock.py
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --profile profiles/default --configfile config/timm.yaml
+	$(call workflow,--configfile config/timm.yaml,results/timm)
+
+# README.md and docs/*.md from docs/templates and the snapshots in docs/results (take one
+# with `repq report snapshot` after a run; docs/README.md says how).
+docs: $(STAMP)
+	$(BIN)/repq report docs
 
 # After a killed `make demo` or `make mini`: remove Snakemake's stale lock (the lock is
 # per folder, so one unlock serves both).
@@ -67,13 +75,15 @@ mutation: $(STAMP)
 	$(BIN)/python tests/mutation_score.py mutants > tests/mutation-score.md
 	$(BIN)/mutmut results
 
+# Each measurement is a new file (benchmarks/results/<tag>.json, with its provenance):
+# the tag carries the date and time.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/train_step.py --tag cpu-$$(date -u +%Y%m%d-%H%M)
 
 bench-gpu: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py --device cuda --batch 256 --size 224 --amp \
-		--channels-last --rounds 10 --warmup 3 --tag gpu
+		--channels-last --rounds 10 --warmup 3 --tag gpu-$$(date -u +%Y%m%d-%H%M)
 	$(BIN)/python -m pytest tests/test_cuda.py
 
 clean-demo:
-	rm -rf results/mini results/runs results/resume results/logs results/tables results/report.html results/mlflow.db results/mlartifacts results/tracking.ready
+	rm -rf results/mini results/runs results/resume results/logs results/tables results/report.html results/mlflow.db results/mlartifacts results/tracking.ready results/wall_seconds

@@ -6,6 +6,9 @@
 #   snakemake --configfile config/paper.yaml --profile profiles/slurm   (the paper)
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"

@@ -26,6 +26,7 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 import torch
+from record import new_tag, stamp
 
 from repq.export import export_onnx, float_form, integer_form
 from repq.models import create
@@ -130,18 +131,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--tag", default="onnx-latency")
+    parser.add_argument("--tag", required=True, help="name of the result files (a new one)")
     args = parser.parse_args()
+    out = ROOT / "benchmarks" / "results"
+    new_tag(out, args.tag)
     torch.manual_seed(0)
     rows = [
         r for name in args.models for r in measure(name, args.rounds, args.threads, args.warmup)
     ]
     text = markdown(rows, args.threads)
     print(text)
-    out = ROOT / "benchmarks" / "results"
     (out / f"{args.tag}.md").write_text(text)
     environment = {"onnxruntime": ort.__version__, "torch": torch.__version__}
-    payload = {"environment": environment, "threads": args.threads, "rows": rows}
+    payload = {"provenance": stamp(), "environment": environment, "threads": args.threads}
+    payload["rows"] = rows
     (out / f"{args.tag}.json").write_text(json.dumps(payload, indent=2))
 
 

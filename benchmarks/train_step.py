@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.ao.quantization as ao
+from record import new_tag, stamp
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -332,11 +333,13 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile every variant")
     parser.add_argument("--models", nargs="+", default=list(models(64)))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
-    parser.add_argument("--tag", default="cpu", help="name of the result files")
+    parser.add_argument("--tag", required=True, help="name of the result files (a new one)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
+    new_tag(args.out, args.tag)
     device = torch.device(args.device)
     results = {
+        "provenance": stamp(),
         "environment": environment(device),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
         "models": {},

@@ -191,6 +191,28 @@ def _add_report(sub) -> None:
     tables.add_argument("--runs", type=Path, required=True, help="results/runs")
     tables.add_argument("--out", type=Path, required=True, help="results/tables")
     _tracking_args(tables)
+    snapshot = commands.add_parser(
+        "snapshot",
+        help="keep a finished run's tables for the docs, with their provenance",
+        description="Copy <results>/tables (Markdown, CSV, the figure) into "
+        "docs/results/<name>/ with provenance.json: the commit, the date, the host, the "
+        "command, the wall time (<results>/wall_seconds, written by make) and the jobs' "
+        "CPU time.",
+    )
+    snapshot.add_argument("--results", type=Path, required=True, help="e.g. results/ablations")
+    snapshot.add_argument("--name", required=True, help="the snapshot's name, e.g. ablations")
+    snapshot.add_argument("--command", required=True, help="what reproduces the run")
+    snapshot.add_argument("--config", type=Path, help="the workflow config the run used")
+    snapshot.add_argument("--root", type=Path, default=Path("."), help="the repository")
+    docs = commands.add_parser(
+        "docs",
+        help="write README.md and docs/*.md from docs/templates and the snapshots",
+        description="Render every page of docs/templates over the snapshots in "
+        "docs/results and the benchmark results; --check only says which committed page "
+        "differs (exit 2).",
+    )
+    docs.add_argument("--check", action="store_true", help="compare, do not write")
+    docs.add_argument("--root", type=Path, default=Path("."), help="the repository")
 
 
 def _add_build_kernel(sub) -> None:
@@ -319,6 +341,34 @@ def _tracking_sync(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
+    {"tables": _report_tables, "snapshot": _report_snapshot, "docs": _report_docs}[
+        args.report_command
+    ](args)
+
+
+def _report_snapshot(args: argparse.Namespace) -> None:
+    from repq.report.docs import take_snapshot
+
+    docs = args.root / "docs"
+    folder = take_snapshot(args.results, args.name, args.command, docs, args.config)
+    print(f"snapshot of {args.results} -> {folder}")
+
+
+def _report_docs(args: argparse.Namespace) -> None:
+    from repq.report.docs import stale_pages, write_pages
+
+    if not args.check:
+        for path in write_pages(args.root):
+            print(f"wrote {path}")
+        return
+    stale = stale_pages(args.root)
+    if stale:
+        names = ", ".join(str(p) for p in stale)
+        raise ConfigError(f"pages differ from their snapshots: {names} (run repq report docs)")
+    print("every page is what its snapshots give")
+
+
+def _report_tables(args: argparse.Namespace) -> None:
     from repq.report import write_report
     from repq.tracking import Tracker, git_commit
 

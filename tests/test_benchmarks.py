@@ -31,8 +31,12 @@ def _run(script: str, *args: str) -> str:
 def test_train_step_writes_ratios_to_merged_and_peak_memory(tmp_path):
     variants = ["float_deploy", "merged", "bnest"]
     args = ["--sr-size", "8", "--rounds", "2", "--variants", *variants, "--out", str(tmp_path)]
-    _run("train_step.py", *args)
-    result = json.loads((tmp_path / "cpu.json").read_text())["models"]["ecbsr_m4c16"]
+    _run("train_step.py", *args, "--tag", "cpu")
+    written = json.loads((tmp_path / "cpu.json").read_text())
+    result = written["models"]["ecbsr_m4c16"]
+    provenance = written["provenance"]  # where the numbers come from
+    assert {"command", "commit", "date", "cpu", "cores", "torch"} <= set(provenance)
+    assert provenance["command"].endswith("--tag cpu") and provenance["cores"] >= 1
     assert list(result["step_s"]) == variants
     assert result["time_vs_merged"]["merged"] == 1.0
     assert all(t > 0 for t in result["step_s"].values())
@@ -57,6 +61,17 @@ def test_train_step_writes_ratios_to_merged_and_peak_memory(tmp_path):
     )
     assert f"{result['time_vs_merged']['bnest']:.2f} ({low:.2f}-{high:.2f})" in row
     assert not list(tmp_path.glob("*.partial"))
+    # a tag is never overwritten: the same tag again is refused in one line
+    again = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "train_step.py"), *TINY, *args, "--tag", "cpu"],
+        capture_output=True,
+        text=True,
+        cwd=BENCHMARKS,
+    )
+    assert again.returncode == 1
+    assert again.stderr.strip().splitlines() == [
+        f"{tmp_path / 'cpu'}.json exists: a measurement never replaces another; use a new --tag"
+    ]
 
 
 def test_profile_step_bins_add_up_to_the_total():

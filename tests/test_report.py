@@ -29,6 +29,7 @@ from repq.report.tables import (
     Cell,
     _latex_escape,
     collect,
+    seeds_table,
     task_tables,
     to_csv_frame,
     to_latex,
@@ -636,3 +637,38 @@ def test_a_task_the_vocabulary_does_not_know_gets_its_own_panel(tmp_path):
     panels = delta_bars(collect(tmp_path))
     assert list(panels) == ["denoise"]
     assert drop_figure(collect(tmp_path), tmp_path / "drop")  # titled by the task's name
+
+
+def test_the_power_calculation_against_hand_computed_values():
+    from repq.report.claims import planned_half_width, seeds_needed
+
+    # t(0.975, 4) = 2.776445: five seeds of SD 1.1
+    assert planned_half_width(1.1, 5) == pytest.approx(2.776445 * 1.1 / math.sqrt(5), rel=1e-6)
+    # effect 2.4, SD 1.1: n = 4 gives (3.182 + 0.978) * 0.55 = 2.29 <= 2.4; n = 3 gives
+    # (4.303 + 1.061) * 0.635 = 3.41 > 2.4
+    assert seeds_needed(1.1, -2.4) == 4
+    assert seeds_needed(1.1, 0.5) > seeds_needed(1.1, 1.0) > seeds_needed(1.1, 2.0)
+    assert seeds_needed(1.0, 0.0, most=50) == 50
+
+
+def test_a_quantized_variant_shows_the_base_fp_models_of_its_own_seeds(tmp_path):
+    """A variant that starts from the base's FP models shows them in its rows (its Δ is
+    paired with them), for the seeds it has; its own runs alone are in the seeds table."""
+    for seed, (fp, repq, lr) in enumerate([(70.0, 60.0, 62.0), (72.0, 61.0, 64.0)]):
+        write_run(tmp_path, "a0", "fp", {"top1": fp}, seed=seed)
+        write_run(tmp_path, "a0", "qat-repq-4", {"top1": repq}, seed=seed)
+        write_run(tmp_path, "a0", "qat-repq-4", {"top1": lr}, seed=seed, variant="lr_x3")
+    write_run(tmp_path, "a0", "fp", {"top1": 71.0}, seed=2)  # no lr_x3 run of seed 2
+    write_run(tmp_path, "a0", "qat-repq-4", {"top1": 9.0}, seed=5, variant="lr_x3")  # no base
+    results = collect(tmp_path)
+    table = task_tables(results)["classification"]
+    assert list(table["variant"]) == ["base", "lr_x3"]
+    variant = table.iloc[1]
+    assert variant["FP"].values == (70.0, 72.0)  # the base's, at lr_x3's seeds 0 and 1
+    assert variant["4-bit RepQ Δ"].values == (-8.0, -8.0)  # seed 5 has no FP to pair with
+    seeds = seeds_table(results)
+    assert list(zip(seeds["variant"], seeds["stage"], strict=True)) == [
+        ("base", "FP"), ("base", "4-bit RepQ"), ("lr_x3", "4-bit RepQ"),
+    ]  # fmt: skip
+    assert seeds.iloc[2]["seed 5"] == 9.0 and math.isnan(seeds.iloc[0]["seed 5"])
+    assert seeds.iloc[0]["mean"] == pytest.approx(71.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html as html_module
 import json
 import os
 import re
@@ -380,6 +381,54 @@ def test_micro_pipeline_end_to_end(micro_run):
     snakemake(workdir, "--cores", "1", "--configfile", "micro.yaml", "--report", "report.html")
     html = (workdir / "report.html").read_text(errors="ignore")
     assert "classification.csv" in html and "curve.png" in html
+
+
+CLICK_CLAIMS_CAPTION = """<script>
+function byText(t) { return [...document.querySelectorAll('*')].filter(
+  e => e.textContent.trim() === t && e.children.length === 0); }
+setTimeout(() => byText('Tables').pop().click(), 1500);
+setTimeout(() => { let row = byText('claims').pop();
+  for (let i = 0; i < 3 && row; i++, row = row.parentElement) {
+    const icons = row.parentElement ? row.parentElement.querySelectorAll('a,button,svg') : [];
+    if (icons.length >= 2) { const icon = icons[icons.length - 1];
+      (icon.closest('a,button') || icon).dispatchEvent(new MouseEvent('click', {bubbles: true}));
+      break; } } }, 3000);
+</script>"""
+
+
+def _shown_text(page: Path, script: str = "") -> str:
+    """The text a real browser (headless Chromium) shows of an HTML page after
+    ``script`` ran: the rendered DOM without scripts and tags."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no Chromium here (.ci/run installs Debian's chromium)")
+    text = page.read_text(errors="ignore")
+    end = text.rindex("</body>")
+    clicked = page.with_name("clicked.html")
+    clicked.write_text(text[:end] + script + text[end:])
+    done = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=8000",
+         "--dump-dom", clicked.as_uri()],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    dom = re.sub(r"<script.*?</script>", " ", done.stdout, flags=re.DOTALL)
+    return re.sub(r"\s+", " ", html_module.unescape(re.sub(r"<[^>]+>", " ", dom)))
+
+
+def test_the_report_explains_itself_in_a_browser(micro_run):
+    """The Snakemake report opens on the workflow's description, and a table's caption
+    says how to read it (what holds, contradicted and not resolved mean)."""
+    workdir, _ = micro_run
+    page = workdir / "report.html"
+    if not page.exists():
+        snakemake(workdir, "--cores", "1", "--configfile", "micro.yaml", "--report", "report.html")
+    home = _shown_text(page)
+    assert "The repq workflow reproduces the experiments of" in home
+    assert "A variant is a named set of recipe overrides" in home
+    assert "variants lr_x2" in home  # the description reads the config
+    caption = _shown_text(page, CLICK_CLAIMS_CAPTION)
+    assert "DESCRIPTION" in caption
+    assert "The verdict follows from the interval alone: holds" in caption
 
 
 TABLES = ("classification.csv", "classification.md", "superres.csv", "superres.md", "runs.csv")

@@ -315,3 +315,21 @@ def verdicts_table(claims: pd.DataFrame) -> pd.DataFrame:
         ],
         columns=["claim", "model", *order],
     )
+
+
+def planned_half_width(sd: float, n: int) -> float:
+    """The expected half-width of the 95% interval of a mean over ``n`` seeds whose
+    per-seed differences spread with standard deviation ``sd`` (seeds only)."""
+    return float(student_t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+
+
+def seeds_needed(sd: float, effect: float, power: float = 0.8, most: int = 1000) -> int:
+    """The fewest seeds (at least 2) with which a paired difference of mean ``effect``
+    and per-seed standard deviation ``sd`` gives a 95% interval that excludes 0 with
+    probability ``power`` (``(t_0.975 + t_power) sd / sqrt(n) <= |effect|``); ``most``
+    when not even that many do."""
+    for n in range(2, most):
+        quantiles = student_t.ppf(0.975, n - 1) + student_t.ppf(power, n - 1)
+        if quantiles * sd / math.sqrt(n) <= abs(effect):
+            return n
+    return most

@@ -195,7 +195,8 @@ def _share_fp(runs: Runs, base: Runs) -> None:
             continue
         variant = first(runs).variant
         found = {s: r for s, r in base[stage].items() if s in seeds}
-        runs[stage] = {s: replace(r, variant=variant, shared=True) for s, r in found.items()}
+        if found:
+            runs[stage] = {s: replace(r, variant=variant, shared=True) for s, r in found.items()}
 
 
 def multiple_variants(results: list[Result]) -> bool:

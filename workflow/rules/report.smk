@@ -8,31 +8,56 @@ rule tables:
         ],
     output:
         csv=[
-            report(f"{TABLES}/{task}.csv", category="Tables", labels={"table": task})
+            report(
+                f"{TABLES}/{task}.csv",
+                caption="../report/task_table.rst",
+                category="Tables",
+                labels={"table": task},
+            )
             for task in TASKS
         ],
         markdown=expand(f"{TABLES}/{{task}}.md", task=TASKS),
         latex=expand(f"{TABLES}/{{task}}.tex", task=TASKS),
         runs=f"{TABLES}/runs.csv",
         seeds=[f"{TABLES}/seeds.csv", f"{TABLES}/seeds.md"],
-        claims=report(f"{TABLES}/claims.csv", category="Tables", labels={"table": "claims"}),
+        claims=report(
+            f"{TABLES}/claims.csv",
+            caption="../report/claims.rst",
+            category="Tables",
+            labels={"table": "claims"},
+        ),
         claims_md=f"{TABLES}/claims.md",
         verdicts=[
-            report(f"{TABLES}/verdicts.csv", category="Tables", labels={"table": "verdicts"}),
+            report(
+                f"{TABLES}/verdicts.csv",
+                caption="../report/verdicts.rst",
+                category="Tables",
+                labels={"table": "verdicts"},
+            ),
             f"{TABLES}/verdicts.md",
         ],
-        figure=report(f"{TABLES}/drop.png", category="Figures", labels={"figure": "drop"}),
+        figure=report(
+            f"{TABLES}/drop.png",
+            caption="../report/drop.rst",
+            category="Figures",
+            labels={"figure": "drop"},
+        ),
         figure_svg=f"{TABLES}/drop.svg",
         deployment=[
-            report(f"{TABLES}/deployment.csv", category="Tables", labels={"table": "deployment"}),
+            report(
+                f"{TABLES}/deployment.csv",
+                caption="../report/deployment.rst",
+                category="Tables",
+                labels={"table": "deployment"},
+            ),
             f"{TABLES}/deployment.md",
         ]
         if EXPORT
         else [],
     params:
-        runs=f"{RESULTS}/runs",
-        out=TABLES,
-        results=RESULTS,
+        runs=lambda w, output: Path(output.runs).parents[1] / "runs",
+        out=lambda w, output: Path(output.runs).parent,
+        results=lambda w, output: Path(output.runs).parents[1],
     log:
         f"{RESULTS}/logs/tables.log",
     conda:

@@ -11,6 +11,7 @@ rule train:
         precision=f"{RUN}/precision.tsv",
         health=report(
             f"{RUN}/health.csv",
+            caption="../report/health.rst",
             category="Quantization health",
             subcategory="{experiment}",
             labels={
@@ -22,6 +23,7 @@ rule train:
         ),
         curve=report(
             f"{RUN}/curve.png",
+            caption="../report/curve.rst",
             category="Training curves",
             subcategory="{experiment}",
             labels={
