@@ -4,6 +4,7 @@ and each run's ``config.json``)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 
@@ -57,3 +58,15 @@ def write_export(
     content = json.loads(summary.read_text()) if summary.exists() else {"results": []}
     content["results"].append(report)
     summary.write_text(json.dumps(content))
+
+
+def cells(markdown: str) -> list[list[str]]:
+    """The cells of a Markdown (pipe) table, row by row, header first, without the
+    alignment row; an escaped ``\\|`` is a ``|`` of the cell."""
+    rows = []
+    for line in markdown.strip().splitlines():
+        parts = re.split(r"(?<!\\)\|", line.strip())[1:-1]
+        row = [part.strip().replace("\\|", "|") for part in parts]
+        if not all(set(cell) <= set(":-") for cell in row):
+            rows.append(row)
+    return rows

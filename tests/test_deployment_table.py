@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from runs import write_export
+from runs import cells, write_export
 
 from repq.report.deployment import collect as collect_exports
 from repq.report.deployment import deployment_table, to_markdown, write_deployment
@@ -70,12 +70,11 @@ def test_a_model_exported_without_verification_says_so(tmp_path):
 
 def test_markdown_shows_the_largest_difference_and_the_csv_the_numbers(runs, tmp_path):
     written = write_deployment(runs, runs)
-    markdown = (runs / "deployment.md").read_text().splitlines()
-    assert markdown[0].startswith("| model | stage | metric | PyTorch | ONNX |")
-    assert (
-        "| RepVGG-A0 | 4-bit RepQ | top1 | 71.00 ± 0.71 | 71.00 ± 1.41 | 99.50 ± 0.71 | 0.2 |"
-        in (markdown[4])
-    )
+    rows = cells((runs / "deployment.md").read_text())
+    assert rows[0][:5] == ["model", "stage", "metric", "PyTorch", "ONNX"]
+    assert rows[3][:7] == [
+        "RepVGG-A0", "4-bit RepQ", "top1", "71.00 ± 0.71", "71.00 ± 1.41", "99.50 ± 0.71", "0.2",
+    ]  # fmt: skip
     csv = pd.read_csv(runs / "deployment.csv")
     assert csv.loc[2, "max |Δ output|"] == pytest.approx(0.2)
     assert csv.loc[2, "ONNX"] == pytest.approx(71.0) and csv.loc[1, "QDQ KiB"] == pytest.approx(
@@ -83,7 +82,8 @@ def test_markdown_shows_the_largest_difference_and_the_csv_the_numbers(runs, tmp
     )
     assert written == [runs / "deployment.csv", runs / "deployment.md"]
     assert write_deployment(tmp_path / "nothing", tmp_path) == []
-    assert to_markdown(deployment_table(collect_exports(runs))) == "\n".join(markdown) + "\n"
+    written_text = (runs / "deployment.md").read_text()
+    assert to_markdown(deployment_table(collect_exports(runs))) == written_text
 
 
 def test_the_written_tables_are_exactly_these(runs, tmp_path):
@@ -99,22 +99,23 @@ def test_the_written_tables_are_exactly_these(runs, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     write_deployment(runs, out)
-    header = (
-        "| model | stage | metric | PyTorch | ONNX | top-1 agreement % | max |Δ output| "
-        "| QDQ / FP32 size | QDQ KiB | codes equal |"
-    )
-    assert (out / "deployment.md").read_text().splitlines() == [
-        header,
-        "|---|---|---|---|---|---|---|---|---|---|",
-        "| ECBSR | 8-bit Merged | psnr/mini_a | 34.00 | 34.00 | n/a | 1e-06 | 0.250 | 0.2 | yes |",
-        "| RepVGG-A0 | 8-bit PTQ | top1 | 60.00 ± 0.00 | 60.00 ± 0.00 | 100.00 ± 0.00 | 1e-06 "
-        "| 0.500 | 0.5 ± 0.0 | no (1 of 2) |",
-        "| RepVGG-A0 | 8-bit RepQ |  | not verified | not verified | not verified | not verified "
-        "| 0.250 | 0.2 | yes |",
-        "| RepVGG-A0 | 4-bit Merged | top1 | 65.00 | 65.00 | 100.00 | 1e-06 | 0.250 | 0.2 | yes |",
-        "| RepVGG-A0 | 4-bit RepQ | top1 | 71.00 ± 0.71 | 71.00 ± 1.41 | 99.50 ± 0.71 | 0.2 "
-        "| 0.250 | 0.2 ± 0.0 | yes |",
-    ]
+    text = (out / "deployment.md").read_text()
+    assert text.splitlines()[1].startswith("|:---")  # pandas' pipe table
+    assert "max \\|Δ output\\|" in text.splitlines()[0]  # the column's pipes escaped
+    assert cells(text) == [
+        ["model", "stage", "metric", "PyTorch", "ONNX", "top-1 agreement %", "max |Δ output|",
+         "QDQ / FP32 size", "QDQ KiB", "codes equal"],
+        ["ECBSR", "8-bit Merged", "psnr/mini_a", "34.00", "34.00", "n/a", "1e-06", "0.250",
+         "0.2", "yes"],
+        ["RepVGG-A0", "8-bit PTQ", "top1", "60.00 ± 0.00", "60.00 ± 0.00", "100.00 ± 0.00",
+         "1e-06", "0.500", "0.5 ± 0.0", "no (1 of 2)"],
+        ["RepVGG-A0", "8-bit RepQ", "", "not verified", "not verified", "not verified",
+         "not verified", "0.250", "0.2", "yes"],
+        ["RepVGG-A0", "4-bit Merged", "top1", "65.00", "65.00", "100.00", "1e-06", "0.250",
+         "0.2", "yes"],
+        ["RepVGG-A0", "4-bit RepQ", "top1", "71.00 ± 0.71", "71.00 ± 1.41", "99.50 ± 0.71",
+         "0.2", "0.250", "0.2 ± 0.0", "yes"],
+    ]  # fmt: skip
     csv = (out / "deployment.csv").read_text().splitlines()
     assert csv[0] == (
         "model,stage,metric,PyTorch,ONNX,top-1 agreement %,max |Δ output|,QDQ / FP32 size,"

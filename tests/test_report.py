@@ -8,7 +8,7 @@ import math
 
 import pandas as pd
 import pytest
-from runs import write_export, write_run
+from runs import cells, write_export, write_run
 
 from repq.report import write_report
 from repq.report.claims import (
@@ -20,7 +20,9 @@ from repq.report.claims import (
     better,
     claims_table,
     close,
+    effects_markdown,
     loses_at_most,
+    variant_effects,
     verdicts_table,
 )
 from repq.report.claims import to_markdown as claims_markdown
@@ -113,12 +115,12 @@ def test_columns_of_stages_no_row_has_a_run_of_are_left_out(tmp_path):
 
 def test_bold_marks_the_best_mean_per_bit_width(runs):
     markdown = to_markdown(task_tables(collect(runs))["classification"])
-    row = markdown.splitlines()[2].split(" | ")
-    header = markdown.splitlines()[0].split(" | ")
+    header, row = cells(markdown)
     bold = {header[i] for i, cell in enumerate(row) if cell.startswith("**")}
     assert bold == {"8-bit RepQ", "4-bit RepQ"}
-    assert "71.00 ± 0.90" in markdown  # 8-bit RepQ, two decimals
-    assert "| +0.00 ± 0.10 |" in markdown and "| -5.83 ± 0.29 |" in markdown  # the RepQ Δs
+    shown = dict(zip(header, row, strict=True))
+    assert shown["8-bit RepQ"] == "**71.00 ± 0.90**"  # two decimals
+    assert shown["8-bit RepQ Δ"] == "+0.00 ± 0.10" and shown["4-bit RepQ Δ"] == "-5.83 ± 0.29"
 
 
 def test_latex_and_csv_hold_the_markdown_numbers(runs):
@@ -416,20 +418,19 @@ def test_the_claims_markdown():
     one_seed = {"difference": "a - c", "n": 1, "items": 0, "mean": -0.5, "per_seed": "-0.50"}
     unresolved = {"ci_low": math.nan, "ci_high": math.nan, "verdict": NOT_RESOLVED}
     rows = [_claim_row("c1", "base"), _claim_row("c2", "base", **one_seed, **unresolved)]
-    assert claims_markdown(pd.DataFrame(rows)) == (
-        "| claim | model | difference (metric) | seeds | items | mean | 95% CI | per seed "
-        "| verdict |\n"
-        "|---|---|---|---|---|---|---|---|---|\n"
-        "| c1 | M | a - b (top1) | 3 | 1200 | +1.23 | [+0.50, +1.97] | +1.00 +1.20 +1.50 "
-        "| **holds** |\n"
-        "| c2 | M | a - c (top1) | 1 | — | -0.50 | — | -0.50 | **not resolved** |\n"
-    )
+    assert cells(claims_markdown(pd.DataFrame(rows))) == [
+        ["claim", "model", "difference (metric)", "seeds", "items", "mean", "95% CI",
+         "per seed", "verdict"],
+        ["c1", "M", "a - b (top1)", "3", "1200", "+1.23", "[+0.50, +1.97]",
+         "+1.00 +1.20 +1.50", "**holds**"],
+        ["c2", "M", "a - c (top1)", "1", "—", "-0.50", "—", "-0.50", "**not resolved**"],
+    ]  # fmt: skip
     # two variants: a variant column after the model
     rows = [_claim_row("c1", "base"), _claim_row("c1", "lr_x3", verdict=CONTRADICTED)]
-    lines = claims_markdown(pd.DataFrame(rows)).splitlines()
-    assert lines[0].startswith("| claim | model | variant | difference (metric) |")
-    assert lines[3].startswith("| c1 | M | lr_x3 | a - b (top1) |")
-    assert lines[3].endswith("| **contradicted** |")
+    header, _, variant = cells(claims_markdown(pd.DataFrame(rows)))
+    assert header[:4] == ["claim", "model", "variant", "difference (metric)"]
+    assert variant[:4] == ["c1", "M", "lr_x3", "a - b (top1)"]
+    assert variant[-1] == "**contradicted**"
 
 
 def test_the_verdicts_put_each_variant_beside_the_base():
@@ -458,9 +459,12 @@ def test_the_written_report_files(runs):
     expected = {f"{t}.{ext}" for t in tasks for ext in ("md", "csv", "tex")}
     expected |= {"claims.md", "claims.csv", "runs.csv", "drop.png", "drop.svg"}
     expected |= {"seeds.md", "seeds.csv", "verdicts.md", "verdicts.csv"}
+    expected |= {"effects.md", "effects.csv"}
     expected |= {"deployment.md", "deployment.csv"}
     assert {p.name for p in written} == expected
-    assert "| RepVGG-A0 | 4-bit RepQ |" in (out / "deployment.md").read_text()
+    assert ["RepVGG-A0", "4-bit RepQ"] in [
+        r[:2] for r in cells((out / "deployment.md").read_text())
+    ]
     results = collect(runs)
     claims = claims_table(results)
     assert (out / "claims.md").read_text() == claims_markdown(claims)
@@ -545,13 +549,13 @@ def test_what_the_figure_shows_a_reader(runs, monkeypatch):
 
 def test_the_markdown_layout_and_ssim_digits(runs):
     table = task_tables(collect(runs))["superres"]
-    lines = to_markdown(table).split("\n")
-    assert lines[0] == "| " + " | ".join(table.columns) + " |"
-    assert lines[1] == "|" + "---|" * len(table.columns)
+    text = to_markdown(table)
+    lines = text.split("\n")
+    assert lines[1].startswith("|:---") and lines[1].count("|") == len(table.columns) + 1
     assert lines[-1] == "" and len(lines) == 2 + len(table) + 1
-    fp = next(line for line in lines if "| FP |" in line)
-    assert fp.startswith("| ECBSR x2 | FP | 32 | 34.00 | 0.9100 | 30.00 | 0.8500 ")
-    assert fp.endswith(" |")
+    rows = cells(text)
+    assert rows[0] == list(table.columns)
+    assert rows[1] == ["ECBSR x2", "FP", "32", "34.00", "0.9100", "30.00", "0.8500"]
 
 
 def test_a_model_without_bn_shows_n_a_where_bnest_does_not_apply(tmp_path):
@@ -575,18 +579,18 @@ def test_a_metric_without_a_test_set_keeps_its_name(tmp_path):
 
 
 def test_super_resolution_bold_marks_the_best_of_each_bit_width(runs):
-    def bold_count(lines: list[str], row: str) -> int:
-        (line,) = [line for line in lines if row in line]
-        return line.count("**") // 2
+    def bold_count(rows: list[list[str]], method: str, bits: str) -> int:
+        (row,) = [r for r in rows if r[1:3] == [method, bits]]
+        return sum(cell.startswith("**") for cell in row)
 
-    lines = to_markdown(task_tables(collect(runs))["superres"]).splitlines()
+    rows = cells(to_markdown(task_tables(collect(runs))["superres"]))
     # 4 bits: RepQ beats Merged on all four columns; FP is never bold
-    assert bold_count(lines, "| RepQ | 4 |") == 4 and bold_count(lines, "| Merged | 4 |") == 0
-    assert bold_count(lines, "| FP | 32 |") == 0
+    assert bold_count(rows, "RepQ", "4") == 4 and bold_count(rows, "Merged", "4") == 0
+    assert bold_count(rows, "FP", "32") == 0
     write_run(runs, "ecbsr_x2", "qat-merged-8", SR["qat-merged-4"], "ecbsr", "superres")
-    lines = to_markdown(task_tables(collect(runs))["superres"]).splitlines()
+    rows = cells(to_markdown(task_tables(collect(runs))["superres"]))
     # the only 8-bit run is the best of its width, and 4 bits keeps its own marks
-    assert bold_count(lines, "| Merged | 8 |") == 4 and bold_count(lines, "| RepQ | 4 |") == 4
+    assert bold_count(rows, "Merged", "8") == 4 and bold_count(rows, "RepQ", "4") == 4
 
 
 def test_latex_rows_separate_cells_with_ampersands(runs):
@@ -672,3 +676,21 @@ def test_a_quantized_variant_shows_the_base_fp_models_of_its_own_seeds(tmp_path)
     ]  # fmt: skip
     assert seeds.iloc[2]["seed 5"] == 9.0 and math.isnan(seeds.iloc[0]["seed 5"])
     assert seeds.iloc[0]["mean"] == pytest.approx(71.0)
+
+
+def test_a_variants_effect_is_its_difference_minus_the_bases_seed_by_seed(tmp_path):
+    # base: RepQ - Merged = (-3, -2, -4); lever: (+1, +0.5, +1.5): per seed +4, +2.5, +5.5
+    base = [(70.0, 73.0), (71.0, 73.0), (69.0, 73.0)]
+    lever = [(74.0, 73.0), (73.5, 73.0), (75.0, 73.5)]
+    for variant, pairs in (("base", base), ("lever", lever)):
+        for seed, (repq, merged) in enumerate(pairs):
+            for stage, value in (("qat-repq-4", repq), ("qat-merged-4", merged)):
+                write_run(tmp_path, "a0", stage, {"top1": value}, seed=seed, variant=variant)
+    (row,) = variant_effects(collect(tmp_path)).to_dict("records")
+    assert (row["variant"], row["claim"]) == ("lever", "4-bit RepQ is better than Merged")
+    assert row["per_seed"] == "+4.00 +2.50 +5.50" and row["mean"] == pytest.approx(4.0)
+    half = 4.302653 * 1.5 / math.sqrt(3)  # s = 1.5, t(0.975, 2)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((4.0 - half, 4.0 + half), rel=1e-6)
+    assert row["effect"] == "raises"  # [+0.27, +7.73]
+    rows = cells(effects_markdown(variant_effects(collect(tmp_path))))
+    assert rows[1][-1] == "**raises**" and rows[1][2] == "lever"

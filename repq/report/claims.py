@@ -40,6 +40,7 @@ from repq.report.tables import (
     by_experiment,
     first,
     item_values,
+    markdown_text,
     primary_metric,
     values,
     variant_order,
@@ -177,6 +178,22 @@ def _interval(a: tuple[Runs, Stage], b: tuple[Runs, Stage], metric: str) -> Inte
     return paired(*found, item_values(*a, metric), item_values(*b, metric))
 
 
+COLUMNS = [
+    "claim",
+    "model",
+    "variant",
+    "difference",
+    "metric",
+    "n",
+    "items",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "per_seed",
+    "verdict",
+]
+
+
 def _row(claim: str, head: Result, difference: str, metric: str, test, interval: Interval) -> dict:
     """One row of the claims table: the claim with its margin, the model and variant of
     ``head``, the interval, the differences seed by seed, the verdict."""
@@ -210,6 +227,71 @@ def stage_claims(results: list[Result]) -> list[dict]:
                 difference = f"{claim.a.display} - {claim.b.display}"
                 rows.append(_row(claim.text, head, difference, metric, claim.verdict, interval))
     return rows
+
+
+def _difference(runs: Runs, claim: Claim, metric: str) -> tuple[dict, dict]:
+    """seed -> a claim's ``a - b`` in one experiment's variant, and seed -> the same per
+    item (seeds whose two stages have items of one size)."""
+    a, b = values(runs, claim.a, metric), values(runs, claim.b, metric)
+    a_items, b_items = item_values(runs, claim.a, metric), item_values(runs, claim.b, metric)
+    seeds = sorted(set(a) & set(b))
+    items = {
+        s: tuple(x - y for x, y in zip(a_items[s], b_items[s], strict=True))
+        for s in seeds
+        if s in a_items and s in b_items and len(a_items[s]) == len(b_items[s])
+    }
+    return {s: a[s] - b[s] for s in seeds}, items
+
+
+RAISES, LOWERS = "raises", "lowers"
+EFFECT_COLUMNS = [*COLUMNS[:-1], "effect"]
+
+
+def variant_effects(results: list[Result]) -> pd.DataFrame:
+    """How each variant moves each claim's difference against the base: seed by seed,
+    the variant's ``a - b`` minus the base's (with items), its mean and 95% interval
+    (as a claim's); ``raises`` when the interval lies above 0, ``lowers`` when below,
+    else ``not resolved``. A lever closes a gap when it raises the difference."""
+    grouped = by_experiment(results)
+    effect = {HOLDS: RAISES, CONTRADICTED: LOWERS, NOT_RESOLVED: NOT_RESOLVED}
+    rows = []
+    for (experiment, variant), runs in grouped.items():
+        base = grouped.get((experiment, BASE_VARIANT))
+        if variant == BASE_VARIANT or base is None:
+            continue
+        head = first(runs)
+        metric = primary_metric(head)
+        for claim in CLAIMS:
+            ours, theirs = _difference(runs, claim, metric), _difference(base, claim, metric)
+            interval = paired(ours[0], theirs[0], ours[1], theirs[1])
+            if interval.n:
+                name = f"({claim.a.display} - {claim.b.display}) - the base's"
+                row = _row(claim.text, head, name, metric, better, interval)
+                row["effect"] = effect[row.pop("verdict")]
+                rows.append(row)
+    return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
+
+
+def effects_markdown(table: pd.DataFrame) -> str:
+    """The variants' effects as Markdown."""
+    head = ["claim", "model", "variant", "change of the difference (metric)", "seeds", "items"]
+    head += ["mean", "95% CI", "per seed", "effect"]
+    rows = [
+        [
+            r["claim"],
+            r["model"],
+            r["variant"],
+            f"{r['difference']} ({r['metric']})",
+            str(r["n"]),
+            str(r["items"] or "—"),
+            f"{r['mean']:+.2f}",
+            "—" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]",
+            r["per_seed"],
+            f"**{r['effect']}**",
+        ]
+        for _, r in table.iterrows()
+    ]
+    return markdown_text(pd.DataFrame(rows, columns=head, dtype=str))
 
 
 def _merged_lr_and_rest(config: dict) -> tuple[float | None, str]:
@@ -264,22 +346,6 @@ def lr_claims(results: list[Result]) -> list[dict]:
     return rows
 
 
-COLUMNS = [
-    "claim",
-    "model",
-    "variant",
-    "difference",
-    "metric",
-    "n",
-    "items",
-    "mean",
-    "ci_low",
-    "ci_high",
-    "per_seed",
-    "verdict",
-]
-
-
 def claims_table(results: list[Result]) -> pd.DataFrame:
     """One row per testable claim, model and variant."""
     return pd.DataFrame(stage_claims(results) + lr_claims(results), columns=COLUMNS)
@@ -288,16 +354,24 @@ def claims_table(results: list[Result]) -> pd.DataFrame:
 def to_markdown(table: pd.DataFrame) -> str:
     """The claims as Markdown (a variant column where the table holds more than one)."""
     variants = table["variant"].nunique() > 1
-    head = ["claim", "model", *(["variant"] if variants else []), "difference (metric)"]
-    head += ["seeds", "items", "mean", "95% CI", "per seed", "verdict"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for _, r in table.iterrows():
         ci = "—" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
-        cells = [r["claim"], r["model"], *([r["variant"]] if variants else [])]
-        cells += [f"{r['difference']} ({r['metric']})", str(r["n"]), str(r["items"] or "—")]
-        cells += [f"{r['mean']:+.2f}", ci, r["per_seed"], f"**{r['verdict']}**"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        row = {"claim": r["claim"], "model": r["model"]}
+        row |= {"variant": r["variant"]} if variants else {}
+        row |= {
+            "difference (metric)": f"{r['difference']} ({r['metric']})",
+            "seeds": str(r["n"]),
+            "items": str(r["items"] or "—"),
+            "mean": f"{r['mean']:+.2f}",
+            "95% CI": ci,
+            "per seed": r["per_seed"],
+            "verdict": f"**{r['verdict']}**",
+        }
+        rows.append(row)
+    head = ["claim", "model", *(["variant"] if variants else []), "difference (metric)"]
+    head += ["seeds", "items", "mean", "95% CI", "per seed", "verdict"]
+    return markdown_text(pd.DataFrame(rows, columns=head, dtype=str))
 
 
 def verdicts_table(claims: pd.DataFrame) -> pd.DataFrame:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from repq.report.tables import RUN_SETS, Cell, run_set, variant_order
+from repq.report.tables import RUN_SETS, Cell, markdown_text, run_set, variant_order
 from repq.vocab import TASKS, Stage, display_name, stage_names
 
 SUMMARY = "export.json"
@@ -117,10 +117,8 @@ def _text(value: object, column: str) -> str:
 
 def to_markdown(table: pd.DataFrame) -> str:
     """The table as Markdown (the largest difference over seeds, sizes as ratios)."""
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    for _, row in table.iterrows():
-        lines.append("| " + " | ".join(_text(row[c], c) for c in table.columns) + " |")
-    return "\n".join(lines) + "\n"
+    text = table.apply(lambda column: [_text(v, column.name) for v in column])
+    return markdown_text(text.astype(str))
 
 
 def to_csv_frame(table: pd.DataFrame) -> pd.DataFrame:

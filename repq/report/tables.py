@@ -360,23 +360,32 @@ def _format(value: object, column: str) -> str:
     return value.format(4 if column.endswith("SSIM") else 2)
 
 
-def _cells(
+def _formatted(
     table: pd.DataFrame, escape: Callable[[str], str], bold: Callable[[str], str]
-) -> list[list[str]]:
-    """Each row's formatted cells, escaped, the best results wrapped by ``bold``."""
+) -> pd.DataFrame:
+    """The table as text: each cell formatted and escaped, the best results wrapped by
+    ``bold``, the column names escaped."""
     best = _bold_cells(table)
     rows = []
     for index, row in table.iterrows():
         texts = {column: escape(_format(row[column], column)) for column in table.columns}
         rows.append([bold(t) if (index, c) in best else t for c, t in texts.items()])
-    return rows
+    return pd.DataFrame(rows, columns=[escape(c) for c in table.columns], dtype=str)
+
+
+def markdown_text(frame: pd.DataFrame) -> str:
+    """A frame of text as a Markdown (pipe) table, cells as they are but for ``|``,
+    escaped (``max |Δ output|``)."""
+
+    def escape(text: object) -> str:
+        return str(text).replace("|", "\\|")
+
+    escaped = frame.rename(columns=escape).map(escape)
+    return escaped.to_markdown(index=False, disable_numparse=True) + "\n"
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    for cells in _cells(table, str, lambda text: f"**{text}**"):
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown_text(_formatted(table, str, lambda text: f"**{text}**"))
 
 
 def _latex_escape(text: str) -> str:
@@ -385,18 +394,11 @@ def _latex_escape(text: str) -> str:
 
 
 def to_latex(table: pd.DataFrame) -> str:
-    """A booktabs table (``\\toprule``, ``\\midrule``, ``\\bottomrule``)."""
+    """A booktabs table (``\\toprule``, ``\\midrule``, ``\\bottomrule``), by pandas'
+    Styler."""
+    frame = _formatted(table, _latex_escape, lambda text: rf"\textbf{{{text}}}")
     spec = "l" + "r" * (len(table.columns) - 1)
-    lines = [
-        rf"\begin{{tabular}}{{{spec}}}",
-        r"\toprule",
-        " & ".join(_latex_escape(c) for c in table.columns) + r" \\",
-        r"\midrule",
-    ]
-    for cells in _cells(table, _latex_escape, lambda text: rf"\textbf{{{text}}}"):
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
+    return frame.style.hide(axis="index").to_latex(column_format=spec, hrules=True)
 
 
 def to_csv_frame(table: pd.DataFrame) -> pd.DataFrame:

@@ -36,6 +36,15 @@ rule tables:
             ),
             f"{TABLES}/verdicts.md",
         ],
+        effects=[
+            report(
+                f"{TABLES}/effects.csv",
+                caption="../report/effects.rst",
+                category="Tables",
+                labels={"table": "variant effects"},
+            ),
+            f"{TABLES}/effects.md",
+        ],
         figure=report(
             f"{TABLES}/drop.png",
             caption="../report/drop.rst",
