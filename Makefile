@@ -7,7 +7,7 @@ STAMP := $(VENV)/.deps-stamp
 CORES ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint format demo mini ablations timm docs unlock mutation bench bench-gpu clean-demo
+.PHONY: setup test lint format demo mini ablations timm ptq-init docs unlock mutation bench bench-gpu clean-demo
 
 setup: $(STAMP)
 
@@ -56,6 +56,10 @@ ablations: $(STAMP)
 
 timm: $(STAMP)
 	$(call workflow,--configfile config/timm.yaml,results/timm)
+
+# The step initialisation rules as PTQ of the demo's FP models (an overlay on the demo).
+ptq-init: $(STAMP)
+	$(call workflow,--configfile config/config.yaml config/ptq_init.yaml,results/ptq-init)
 
 # README.md and docs/*.md from docs/templates and the snapshots in docs/results (take one
 # with `repq report snapshot` after a run; docs/README.md says how).

@@ -65,3 +65,43 @@ def test_environment_yml_pins_what_pyproject_pins():
     environment = yaml.safe_load((root / "environment.yml").read_text())
     pip = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict))
     assert pinned <= set(pip), pinned - set(pip)
+
+
+def test_every_package_the_code_imports_is_pinned():
+    """Each third-party module that repq, the workflow or the benchmarks import comes from
+    a distribution pinned (``==``) in pyproject.toml."""
+    import ast
+    import sys
+    import tomllib
+    from importlib.metadata import packages_distributions
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    requirements = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        requirements += extra
+    pinned = {r.split("==")[0].split("[")[0].lower().replace("_", "-") for r in requirements}
+    assert all("==" in r or r.startswith("repq[") for r in requirements)
+    sources = [*(root / "repq").rglob("*.py"), *(root / "benchmarks").glob("*.py")]
+    sources += [*(root / "workflow").rglob("*.smk"), *(root / "workflow").rglob("*.py")]
+    modules = set()
+    for path in sources:
+        text = path.read_text()
+        if path.suffix == ".smk":  # Snakemake's own syntax: read its import lines only
+            text = "\n".join(
+                line for line in text.splitlines() if line.startswith(("import", "from"))
+            )
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                modules.add(node.module.split(".")[0])
+    local = {"repq", "record", "mini_runs", "train_step"} | set(sys.stdlib_module_names)
+    distributions = packages_distributions()
+    unpinned = {
+        module: distributions.get(module)
+        for module in modules - local
+        if not {d.lower().replace("_", "-") for d in distributions.get(module, [])} & pinned
+    }
+    assert unpinned == {}

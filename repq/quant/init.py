@@ -31,7 +31,8 @@ ACT_SAMPLE = 1 << 16
 class QuantInit:
     """How a run initialises its steps: a rule for weights, one for activations, and the
     number of calibration batches (the recipe's ``quant`` section; these are the
-    defaults, chosen by the PTQ measurement in the README)."""
+    defaults, chosen by measuring every pair of rules as post-training quantization:
+    docs/choices.md)."""
 
     weight: str = "minmax"
     activation: str = "mse"

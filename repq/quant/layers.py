@@ -28,9 +28,9 @@ TRAIN_BIASES = ("float", "int32")
 accumulator's int32 grid as deployed (straight-through)."""
 RECOMPUTE = True
 """Whether quantized convs and linears recompute ``Q_a(x)`` and ``Q_w(W)`` in backward
-by default (``train.recompute_quantized``): about 0.85x the peak memory of storing them
-at the same step time (README, Performance; ``benchmarks/train_step.py``, variants
-``merged`` and ``merged_stored``)."""
+by default (``train.recompute_quantized``): less peak memory than storing them at about
+the same step time (``benchmarks/train_step.py``, variants ``merged`` and
+``merged_stored``; docs/performance.md)."""
 
 
 class QuantLayer(nn.Module, ABC):

@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import time
 from dataclasses import dataclass
@@ -159,6 +160,15 @@ def pick(frame: pd.DataFrame, **where: Any) -> dict[str, Any]:
     return found.iloc[0].to_dict()
 
 
+def rows(frame: pd.DataFrame, **where: Any) -> list[dict[str, Any]]:
+    """The rows of ``frame`` whose columns equal ``where`` (a list: any of its values)."""
+    mask = pd.Series(True, index=frame.index)
+    for column, value in where.items():
+        values = value if isinstance(value, list) else [value]
+        mask &= frame[column].isin(values)
+    return frame[mask].to_dict("records")
+
+
 def signed(value: float, digits: int = 2) -> str:
     return f"{value:+.{digits}f}"
 
@@ -195,7 +205,9 @@ def _environment(root: Path):
         snapshot=lambda name: Snapshot(root / "docs" / "results" / name),
         benchmark=lambda tag: benchmark(root, tag),
         pick=pick,
+        rows=rows,
         seeds_needed=seeds_needed,
+        stdev=statistics.stdev,
         planned_half_width=planned_half_width,
     )
     return env
