@@ -195,13 +195,13 @@ def _add_report(sub) -> None:
         "snapshot",
         help="keep a finished run's tables for the docs, with their provenance",
         description="Copy <results>/tables (Markdown, CSV, the figure) into "
-        "docs/results/<name>/ with provenance.json: the commit, the date, the host, the "
-        "command, the wall time (<results>/wall_seconds, written by make) and the jobs' "
-        "CPU time.",
+        "docs/results/<name>/ with provenance.json: the commits, the date, the host, the "
+        "command that reproduces it, the wall time (<results>/wall_seconds, written by "
+        "make) and the jobs' CPU time.",
     )
     snapshot.add_argument("--results", type=Path, required=True, help="e.g. results/ablations")
     snapshot.add_argument("--name", required=True, help="the snapshot's name, e.g. ablations")
-    snapshot.add_argument("--command", required=True, help="what reproduces the run")
+    snapshot.add_argument("--reproduce", required=True, help="the command that reproduces the run")
     snapshot.add_argument("--config", type=Path, help="the workflow config the run used")
     snapshot.add_argument("--root", type=Path, default=Path("."), help="the repository")
     docs = commands.add_parser(
@@ -350,7 +350,7 @@ def _report_snapshot(args: argparse.Namespace) -> None:
     from repq.report.docs import take_snapshot
 
     docs = args.root / "docs"
-    folder = take_snapshot(args.results, args.name, args.command, docs, args.config)
+    folder = take_snapshot(args.results, args.name, args.reproduce, docs, args.config)
     print(f"snapshot of {args.results} -> {folder}")
 
 

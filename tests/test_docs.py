@@ -61,6 +61,9 @@ def test_a_snapshot_keeps_the_tables_and_their_provenance(tmp_path):
         write_run(results / "runs", "a0", "qat-repq-4", {"top1": repq}, seed=seed)
     metrics = results / "runs/a0/base/seed0/fp/metrics.json"
     metrics.write_text(json.dumps({"cpu_seconds": {"startup": 1.0, "total": 12.5}}))
+    journal = metrics.with_name("tracking.jsonl")  # the commit the job ran at
+    run = {"op": "run", "key": "k", "name": "a0/fp", "tags": {"git_commit": "0123456789abcdef"}}
+    journal.write_text(json.dumps(run) + "\n" + '{"op": "metr')  # the last line cut short
     write_report(results / "runs", results / "tables")
     (results / "wall_seconds").write_text("125\n")
     config = tmp_path / "wf.yaml"
@@ -74,7 +77,8 @@ def test_a_snapshot_keeps_the_tables_and_their_provenance(tmp_path):
     prov = json.loads((folder / "provenance.json").read_text())
     assert prov["command"] == "make toy" and prov["wall_seconds"] == 125.0
     assert prov["job_cpu_seconds"] == 12.5 and prov["trainings"] == 1
-    assert {"commit", "date", "cpu", "cores", "torch", "python"} <= set(prov)
+    assert {"date", "cpu", "cores", "torch", "python", "snapshot_commit"} <= set(prov)
+    assert prov["commit"] == "0123456789ab"  # the jobs', from their journals
     assert (folder / "config.yaml").read_text() == "seeds: [0, 1]\n"
     with pytest.raises(ConfigError, match="holds no tables"):
         take_snapshot(tmp_path / "nothing", "x", "make x", tmp_path / "docs")

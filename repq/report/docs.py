@@ -92,6 +92,22 @@ def job_cpu_seconds(results: Path) -> float:
     return total
 
 
+def run_commits(results: Path) -> list[str]:
+    """The commits the jobs of a results folder ran at (the ``git_commit`` tag of every
+    run in their tracking journals), shortened, in order of first appearance."""
+    found: dict[str, None] = {}
+    for journal in sorted(results.glob("runs/**/*tracking.jsonl")):
+        for line in journal.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            tag = record.get("tags", {}).get("git_commit") if record.get("op") == "run" else None
+            if tag:
+                found[tag[:12]] = None
+    return list(found)
+
+
 def take_snapshot(
     results: Path, name: str, command: str, docs: Path, config: Path | None = None
 ) -> Path:
@@ -116,7 +132,13 @@ def take_snapshot(
         "job_cpu_seconds": round(job_cpu_seconds(results), 1),
         "trainings": len(list(results.glob("runs/*/*/seed*/*/metrics.json"))),
     }
-    content = json.dumps(provenance(command, **extra), indent=2) + "\n"
+    record = provenance(command, **extra)
+    commits = run_commits(results)
+    if commits:  # what the jobs ran; the snapshot's own checkout may be later
+        record = {**record, "commit": ", ".join(commits), "snapshot_commit": record["commit"]}
+    if wall.exists():  # the run ended when its wall time was written
+        record["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(wall.stat().st_mtime))
+    content = json.dumps(record, indent=2) + "\n"
     atomic_write(target / PROVENANCE, lambda tmp: Path(tmp).write_text(content))
     return target
 
