@@ -23,6 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from record import new_tag, stamp
+
+from repq.report.tables import RUN_SETS
+
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ("Snakefile", "workflow", "config", "profiles", "environment.yml")
 
@@ -49,7 +53,7 @@ def run_demo(workdir: Path, cores: int) -> tuple[float, float]:
 
 def job_seconds(runs: Path) -> dict[str, dict[str, float]]:
     """Per job kind (train, evaluate): count, start-up and total CPU seconds."""
-    files = {"train": "*/*/metrics.json", "evaluate": "*/evaluation.json"}
+    files = {"train": f"{RUN_SETS}/*/metrics.json", "evaluate": f"{RUN_SETS}/evaluation.json"}
     totals = {}
     for kind, pattern in files.items():
         seconds = [json.loads(p.read_text())["cpu_seconds"] for p in runs.glob(pattern)]
@@ -84,16 +88,18 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results", help="results folder"
     )
+    parser.add_argument("--tag", required=True, help="name of the result files (a new one)")
     args = parser.parse_args()
+    new_tag(args.out, args.tag)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         wall, cpu = run_demo(workdir, args.cores)
         jobs = job_seconds(workdir / "results" / "runs")
     text = report(wall, cpu, jobs)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "demo-startup.md").write_text(text)
-    summary = {"wall_s": wall, "cpu_s": cpu, "jobs": jobs}
-    (args.out / "demo-startup.json").write_text(json.dumps(summary, indent=2))
+    (args.out / f"{args.tag}.md").write_text(text)
+    summary = {"provenance": stamp(), "wall_s": wall, "cpu_s": cpu, "jobs": jobs}
+    (args.out / f"{args.tag}.json").write_text(json.dumps(summary, indent=2))
     print(text)
 
 

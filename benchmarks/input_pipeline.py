@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from record import new_tag, stamp
 from skimage import data as skdata
 from torchvision import transforms as v1
 
@@ -111,7 +112,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200, help="images per variant per round")
     parser.add_argument("--seedings", type=int, default=20_000, help="samples seeded each way")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--tag", required=True, help="name of the result files (a new one)")
     args = parser.parse_args()
+    new_tag(args.out, args.tag)
     torch.set_num_threads(1)
     variants = {"PIL + transforms v1": seeded(pil_v1()), "torchvision.io + v2": seeded(tensor_v2())}
     rates: dict[str, list[float]] = {name: [] for name in variants}
@@ -124,6 +127,7 @@ def main() -> None:
                 rates[name].append(images_per_second(run, paths, args.images))
     reference = statistics.median(rates["PIL + transforms v1"])
     result = {
+        "provenance": stamp(),
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "rounds": args.rounds,
@@ -133,8 +137,8 @@ def main() -> None:
         "seeding_us_per_sample": seed_cost(args.seedings),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "input-pipeline.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "input-pipeline.md").write_text(markdown(result))
+    (args.out / f"{args.tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"{args.tag}.md").write_text(markdown(result))
     print(markdown(result))
 
 

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from record import new_tag, stamp
 from torch.utils.data import DataLoader
 
 from repq.config import load_config
@@ -141,12 +142,14 @@ def main() -> None:
     parser.add_argument("--train-per-class", type=int, default=MiniSpec.train_per_class)
     parser.add_argument("--val-per-class", type=int, default=MiniSpec.val_per_class)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--tag", required=True, help="name of the result files (a new one)")
     args = parser.parse_args()
+    new_tag(args.out, args.tag)
     spec = MiniSpec(train_per_class=args.train_per_class, val_per_class=args.val_per_class)
-    result = measure(args.rounds, spec)
+    result = {"provenance": stamp(), **measure(args.rounds, spec)}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "mini-epoch.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "mini-epoch.md").write_text(markdown(result))
+    (args.out / f"{args.tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"{args.tag}.md").write_text(markdown(result))
     print(markdown(result))
 
 

@@ -80,14 +80,14 @@ class Variant:
     @property
     def shares_fp(self) -> bool:
         """Whether its quantized stages start from the base variant's FP models."""
-        return self.scope == "quantized"
+        return self.scope == vocab.QUANTIZED_STAGES
 
 
 def variants(config: dict) -> dict[str, Variant]:
     """The base variant, then every configured variant, by name."""
     base = Variant(
         vocab.BASE_VARIANT,
-        "all",
+        vocab.ALL_STAGES,
         {},
         tuple(config["methods"]),
         tuple(config["bits"]),
@@ -99,7 +99,7 @@ def variants(config: dict) -> dict[str, Variant]:
     for name, spec in config.get("variants", {}).items():
         found[name] = Variant(
             name,
-            spec.get("stages", "all"),
+            spec.get("stages", vocab.ALL_STAGES),
             dict(spec["set"]),
             tuple(spec.get("methods", base.methods)),
             tuple(spec.get("bits", base.bits)),

@@ -34,7 +34,7 @@ BASE_VARIANT = "base"
 reference the workflow's named variants (``variants:``, the ablations) are read against.
 Every run's folder names its variant (``runs/<experiment>/<variant>/seed<k>/<stage>``)."""
 
-VARIANT_SCOPES = ("all", "quantized")
+ALL_STAGES, QUANTIZED_STAGES = VARIANT_SCOPES = ("all", "quantized")
 """The stages a variant's overrides apply to: ``all`` (it trains FP models of its own) or
 ``quantized`` (its PTQ and QAT stages start from the base variant's FP models)."""
 

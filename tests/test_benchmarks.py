@@ -115,13 +115,14 @@ def test_input_pipeline_writes_rates_per_core_with_their_spread(tmp_path):
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "input_pipeline.py"), "--rounds", "2", "--images", "4"]
         + ["--seedings", "10"]
-        + ["--out", str(tmp_path)],
+        + ["--out", str(tmp_path), "--tag", "input-pipeline"],
         capture_output=True,
         text=True,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "input-pipeline.json").read_text())
+    assert result["provenance"]["command"].endswith("--tag input-pipeline")
     rates = result["images_per_second_per_core"]
     assert list(rates) == ["PIL + transforms v1", "torchvision.io + v2"]
     for spread in rates.values():
@@ -136,13 +137,15 @@ def test_input_pipeline_writes_rates_per_core_with_their_spread(tmp_path):
 def test_mini_epoch_times_both_pipelines_with_their_spread(tmp_path):
     args = ["--rounds", "2", "--train-per-class", "6", "--val-per-class", "2"]
     done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "mini_epoch.py"), *args, "--out", str(tmp_path)],
+        [sys.executable, str(BENCHMARKS / "mini_epoch.py"), *args, "--out", str(tmp_path)]
+        + ["--tag", "mini-epoch"],
         capture_output=True,
         text=True,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "mini-epoch.json").read_text())
+    assert {"commit", "date", "cpu", "cores", "torch"} <= set(result["provenance"])
     assert result["images"] == {"train": 72, "val": 24}
     assert list(result["seconds"]) == ["read every epoch", "data.cache"]
     for parts in result["seconds"].values():
