@@ -235,6 +235,11 @@ def test_claims_on_synthetic_results(runs):
     assert better_row["ci_high"] == pytest.approx(4.0 + 4.302653 * 0.5 / math.sqrt(3), rel=1e-6)
     assert better_row["difference"] == "4-bit RepQ - 4-bit Merged"
     assert better_row["metric"] == "top1" and better_row["n"] == 3
+    # seeds for 80% power against the claim's bound (0): SD 0.5, distance 4: n = 3 gives
+    # (4.303 + 1.061) * 0.5 / sqrt(3) = 1.55 <= 4, n = 2 gives 4.98 > 4
+    assert better_row["seeds_needed"] == 3
+    # against FP the bound is -1: SD 0.1, distance 1: n = 2 gives 14.08 * 0.1 / 1.41 <= 1
+    assert a0.loc["8-bit RepQ loses at most 1 point against FP", "seeds_needed"] == 2
     # 4-bit BNest - RepQ = (-0.5, -0.5, -0.5): no spread, inside (-1, 1)
     assert a0.loc["4-bit RepQ-BNest is within 1 point of RepQ", "verdict"] == HOLDS
     # one seed of ECBSR: nothing resolved
@@ -392,7 +397,7 @@ def test_no_claim_gives_an_empty_table_with_the_columns(tmp_path):
     assert table.empty
     assert list(table.columns) == [
         *("claim", "model", "variant", "difference", "metric", "n", "items", "mean"),
-        *("ci_low", "ci_high", "per_seed", "verdict"),
+        *("ci_low", "ci_high", "per_seed", "seeds_needed", "verdict"),
     ]
 
 
@@ -644,7 +649,11 @@ def test_a_task_the_vocabulary_does_not_know_gets_its_own_panel(tmp_path):
 
 
 def test_the_power_calculation_against_hand_computed_values():
-    from repq.report.claims import planned_half_width, seeds_needed
+    from repq.report.claims import bound_distance, planned_half_width, seeds_needed
+
+    assert bound_distance(better, -2.0, 1.0) == -2.0
+    assert bound_distance(loses_at_most, -0.25, 1.0) == 0.75
+    assert bound_distance(close, -0.25, 1.0) == 0.75 and bound_distance(close, 1.5, 1.0) == -0.5
 
     # t(0.975, 4) = 2.776445: five seeds of SD 1.1
     assert planned_half_width(1.1, 5) == pytest.approx(2.776445 * 1.1 / math.sqrt(5), rel=1e-6)

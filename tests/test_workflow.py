@@ -214,6 +214,18 @@ def test_a_quantized_variant_shares_the_base_fp_job_and_a_model_variant_has_its_
     assert "--set 'tracking.variant=\"lr_x3\"'" in result.stdout
 
 
+def test_the_step_initialisation_overlay_plans_ptq_only_variants_on_the_demo(workdir):
+    args = ["-n", "-p", "--cores", "2", "--configfile", "config/config.yaml"]
+    result = snakemake(workdir, *args, "config/ptq_init.yaml")
+    counts = job_counts(result.stdout)
+    variants = yaml.safe_load((ROOT / "config" / "ptq_init.yaml").read_text())["variants"]
+    # 5 experiments: their FP model, then PTQ at 2 bit widths for the base and each variant
+    assert counts["train"] == 5 + 5 * 2 * (1 + len(variants))
+    assert counts["evaluate"] == 5 * (1 + len(variants)) and "export" not in counts
+    assert set(re.findall(r"--stage (\S+)", result.stdout)) == {"fp", "ptq-8", "ptq-4"}
+    assert "results/ptq-init/runs/repvgg_a0/w_lsq_a_mse/seed0/ptq-4" in result.stdout
+
+
 def test_the_ablations_plan_one_fp_job_per_seed_and_variant_of_the_model(workdir):
     result = snakemake(workdir, "-n", "--cores", "2", "--configfile", "config/ablations.yaml")
     counts = job_counts(result.stdout)

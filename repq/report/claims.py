@@ -71,6 +71,17 @@ def close(low: float, high: float, margin: float) -> str:
     return CONTRADICTED if high < -margin or low > margin else NOT_RESOLVED
 
 
+def bound_distance(test: Verdict, mean: float, margin: float) -> float:
+    """How far a mean lies from the bound its claim's verdict turns on: 0 for
+    :func:`better`, ``-m`` for :func:`loses_at_most`, the nearer of ``±m`` for
+    :func:`close` (NaN where the claim has no margin)."""
+    if test is loses_at_most:
+        return mean + margin
+    if test is close:
+        return margin - abs(mean)
+    return mean
+
+
 @dataclass(frozen=True)
 class Claim:
     """``text``: the claim; ``a - b``: the difference it is about; ``verdict``: its test."""
@@ -190,6 +201,7 @@ COLUMNS = [
     "ci_low",
     "ci_high",
     "per_seed",
+    "seeds_needed",
     "verdict",
 ]
 
@@ -211,8 +223,21 @@ def _row(claim: str, head: Result, difference: str, metric: str, test, interval:
         "ci_low": low,
         "ci_high": high,
         "per_seed": " ".join(f"{d:+.2f}" for d in interval.differences),
+        "seeds_needed": _seeds_needed(interval, bound_distance(test, interval.mean, margin)),
         "verdict": interval.verdict(test, margin),
     }
+
+
+SEEDS_AT_MOST = 100
+
+
+def _seeds_needed(interval: Interval, distance: float) -> float:
+    """The seeds with which the interval would clear the claim's bound with 80% power,
+    from the per-seed spread measured here (:func:`seeds_needed`; the items' error is
+    left out, so it is a lower bound); NaN with fewer than two seeds or no margin."""
+    if interval.n < 2 or math.isnan(distance):
+        return math.nan
+    return seeds_needed(statistics.stdev(interval.differences), distance, most=SEEDS_AT_MOST)
 
 
 def stage_claims(results: list[Result]) -> list[dict]:
