@@ -184,7 +184,7 @@ def check_keys(overrides: dict, where: str) -> None:
     recipe key (with the closest recipe keys)."""
     for key in overrides:
         if not is_recipe_key(key):
-            close = difflib.get_close_matches(key, recipe_keys(), n=2)
+            close = difflib.get_close_matches(key, recipe_keys(), n=2, cutoff=0.8)
             hint = f"; did you mean {' or '.join(close)}?" if close else ""
             raise ConfigError(
                 f"{where}: {key!r} is not a recipe key (repq/recipe.schema.yaml){hint}"
