@@ -123,6 +123,14 @@ def test_bold_marks_the_best_mean_per_bit_width(runs):
     assert shown["8-bit RepQ Δ"] == "+0.00 ± 0.10" and shown["4-bit RepQ Δ"] == "-5.83 ± 0.29"
 
 
+def test_a_result_with_nothing_to_compete_with_is_not_bold(tmp_path):
+    for stage, top1 in (("fp", 60.0), ("ptq-8", 59.0), ("ptq-4", 20.0), ("qat-repq-4", 50.0)):
+        write_run(tmp_path, "repvgg_a0", stage, {"top1": top1})
+    header, row = cells(to_markdown(task_tables(collect(tmp_path))["classification"]))
+    bold = {header[i] for i, cell in enumerate(row) if cell.startswith("**")}
+    assert bold == {"4-bit RepQ"}  # 8-bit PTQ stands alone at its bit width
+
+
 def test_latex_and_csv_hold_the_markdown_numbers(runs):
     table = task_tables(collect(runs))["classification"]
     latex = to_latex(table)
@@ -594,8 +602,8 @@ def test_super_resolution_bold_marks_the_best_of_each_bit_width(runs):
     assert bold_count(rows, "FP", "32") == 0
     write_run(runs, "ecbsr_x2", "qat-merged-8", SR["qat-merged-4"], "ecbsr", "superres")
     rows = cells(to_markdown(task_tables(collect(runs))["superres"]))
-    # the only 8-bit run is the best of its width, and 4 bits keeps its own marks
-    assert bold_count(rows, "Merged", "8") == 4 and bold_count(rows, "RepQ", "4") == 4
+    # the only 8-bit run competes with nothing (not bold), and 4 bits keeps its own marks
+    assert bold_count(rows, "Merged", "8") == 0 and bold_count(rows, "RepQ", "4") == 4
 
 
 def test_latex_rows_separate_cells_with_ampersands(runs):

@@ -12,7 +12,8 @@ minus its FP baseline of the same seed (the FP stage the method starts from): ne
 is a loss. A cell whose run does not exist says ``no run`` (a stage no row has a run of
 is left out); a method that does not
 apply to an architecture (RepQ-BNest without BN) says ``n/a``. The best mean quantized
-result of each model at each bit width is bold (every one of them on a tie).
+result of each model at each bit width is bold (every one of them on a tie), where two or
+more compete.
 """
 
 from __future__ import annotations
@@ -347,8 +348,11 @@ def _bold_cells(table: pd.DataFrame) -> set[tuple[int, str]]:
 
 
 def _best(found: dict) -> list:
-    """Keys of the highest value (all of them on a tie)."""
-    top = max(found.values(), default=None)
+    """Keys of the highest value (all of them on a tie); none where fewer than two
+    results compete."""
+    if len(found) < 2:
+        return []
+    top = max(found.values())
     return [k for k, v in found.items() if v == top]
 
 
