@@ -65,14 +65,16 @@ def host() -> dict[str, Any]:
 
 
 def commit() -> str:
-    """The checkout's commit, with ``-dirty`` when tracked files differ from it."""
+    """The checkout's commit, with ``-dirty`` when tracked files other than the committed
+    snapshots (``docs/results``, which taking snapshots changes) differ from it."""
 
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
         return done.stdout.strip() if done.returncode == 0 else ""
 
     head = git("rev-parse", "--short=12", "HEAD") or "unknown"
-    return f"{head}-dirty" if git("status", "--porcelain", "--untracked-files=no") else head
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs/results")
+    return f"{head}-dirty" if changed else head
 
 
 def provenance(command: str, **extra: Any) -> dict[str, Any]:
