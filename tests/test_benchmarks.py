@@ -179,6 +179,40 @@ def test_bn_recalibration_replaces_running_stats_by_their_plain_mean(monkeypatch
     assert not model.training
 
 
+def test_layer_sensitivity_finds_the_layer_whose_quantizer_costs_the_most(monkeypatch):
+    """One layer's weight grid is too coarse, the other's is not: the diagnostic
+    names the first, scores every layer alone from the all-off model, and leaves every
+    quantizer as it found it."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from layer_sensitivity import KINDS, sensitivity
+
+    from repq.qat import calibrate, prepare
+    from repq.qat.health import quant_layers
+
+    torch.manual_seed(0)
+    float_model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1))
+    model = prepare(float_model, "merged", 2).eval()
+    x = torch.randn(16, 3, 8, 8)
+    calibrate(model, [x])
+    with torch.no_grad():
+        reference = float_model(x)
+    layers = dict(quant_layers(model))
+    first = next(iter(layers))
+    with torch.no_grad():  # the first layer's weight step 50 times too coarse
+        layers[first].weight_quant.step.mul_(50.0)
+
+    def score() -> float:  # higher is better: minus the error against the float model
+        with torch.no_grad():
+            return -float((model(x) - reference).pow(2).mean())
+
+    found = sensitivity(model, score)
+    alone = found["alone"]["weight_quant"]
+    assert set(alone) == set(layers) and min(alone, key=alone.get) == first
+    assert found["all_off"]["weight_quant"] > alone[first]
+    assert all(getattr(m, k).enabled for m in layers.values() for k in KINDS)
+    assert score() == found["as_trained"]
+
+
 def _private_members_of_repq() -> set[str]:
     """Names of repq's private methods and attributes (``def _x``, ``self._x = ``)."""
     names: set[str] = set()
