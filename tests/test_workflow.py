@@ -271,11 +271,11 @@ MICRO = {
     },
     "methods": ["repq", "bnest"],
     "bits": [4],
-    "variants": {  # a toy variant: twice RepQ's LR, from the base's FP model
+    "variants": {  # a toy variant: twice the LR of RepQ and RepQ-BNest, from the base's FP
         "lr_x2": {
             "stages": "quantized",
-            "set": {"train.lr_mult": {"repq": 2.0}},
-            "methods": ["repq"],
+            "set": {"train.lr_mult": {"repq": 2.0, "bnest": 2.0}},
+            "methods": ["repq", "bnest"],
             "ptq": False,
             "experiments": ["repvgg_a0"],
         }
@@ -316,6 +316,7 @@ def test_micro_pipeline_end_to_end(micro_run):
     # the variant's row shows the base's FP model it started from, and its own RepQ
     base, variant = classification.to_dict("records")
     assert variant["FP"] == base["FP"] and variant["4-bit PTQ"] == "no run"
+    assert variant["FP-BNest"] == base["FP-BNest"]
     written = {p.name for p in tables.iterdir()}
     assert {"claims.md", "claims.csv", "runs.csv", "verdicts.md", "seeds.md"} <= written
     claims = pd.read_csv(tables / "claims.csv")
@@ -329,7 +330,7 @@ def test_micro_pipeline_end_to_end(micro_run):
     assert classification.loc[0, "4-bit RepQ"] == pytest.approx(evaluated["metrics"]["top1"])
     assert not (runs_folder / "lr_x2/seed0/fp").exists()  # it shares the base's
     config = json.loads((runs_folder / "lr_x2/seed0/qat-repq-4/config.json").read_text())
-    assert config["train"]["lr_mult"] == {"repq": 2.0}
+    assert config["train"]["lr_mult"] == {"repq": 2.0, "bnest": 2.0}
     assert config["tracking"]["variant"] == "lr_x2"
     trained = [
         torch.load(runs_folder / f"{v}/seed0/qat-repq-4/model.pt", weights_only=True)["model"]
@@ -343,12 +344,12 @@ def test_micro_pipeline_end_to_end(micro_run):
     pipeline = next(t["value"] for t in report["data"]["tags"] if t["key"] == "pipeline")
     runs = server.runs_tagged("pipeline", pipeline)
     jobs = [next(t["value"] for t in r["data"]["tags"] if t["key"] == "job") for r in runs]
-    assert jobs.count("train") == 9 and jobs.count("evaluate") == 9 and jobs.count("report") == 1
-    # RepVGG-A0 ptq-4, repq-4, bnest-4 and lr_x2's repq-4; ECBSR ptq-4, repq-4
-    assert jobs.count("export") == 6
+    assert jobs.count("train") == 10 and jobs.count("evaluate") == 10 and jobs.count("report") == 1
+    # RepVGG-A0 ptq-4, repq-4, bnest-4 and lr_x2's repq-4 and bnest-4; ECBSR ptq-4, repq-4
+    assert jobs.count("export") == 7
     assert {r["info"]["status"] for r in runs} == {"FINISHED"}
     variant = [r for r in runs if _tag(r, "variant") == "lr_x2"]
-    assert sorted(_tag(r, "job") for r in variant) == ["evaluate", "export", "train"]
+    assert sorted(_tag(r, "job") for r in variant) == sorted(["evaluate", "export", "train"] * 2)
     assert {r["info"]["run_name"] for r in variant} >= {"repvgg_a0/lr_x2/qat-repq-4"}
     for run in runs:  # a job's run lasts from its start to its end
         assert 0 <= int(run["info"]["end_time"]) - int(run["info"]["start_time"]) < 600_000
@@ -359,10 +360,10 @@ def test_micro_pipeline_end_to_end(micro_run):
     # (4e-7), and the metrics are equal; a float bias instead of the int32 one onnxruntime
     # adds agrees on 86% (a trained 4-bit RepVGG-A0)
     deployment = pd.read_csv(tables / "deployment.csv")
-    assert len(deployment) == 6 and set(deployment["codes equal"]) == {"yes"}
+    assert len(deployment) == 7 and set(deployment["codes equal"]) == {"yes"}
     assert (deployment["ONNX"] == deployment["PyTorch"]).all()
     agreement = pd.to_numeric(deployment["top-1 agreement %"], errors="coerce").dropna()
-    assert len(agreement) == 4 and (agreement >= 100 * 47 / 48).all()
+    assert len(agreement) == 5 and (agreement >= 100 * 47 / 48).all()
     # the integer codes show in the file's size where the weights outweigh the per-channel
     # steps and int32 biases: RepVGG-A0 0.157 of FP32; the micro ECBSR (m1, c8: 700
     # weights) 1.14
