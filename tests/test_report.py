@@ -26,7 +26,7 @@ from repq.report.claims import (
     verdicts_table,
 )
 from repq.report.claims import to_markdown as claims_markdown
-from repq.report.figures import delta_bars
+from repq.report.figures import delta_bars, drop_figure
 from repq.report.tables import (
     Cell,
     _latex_escape,
@@ -129,6 +129,30 @@ def test_a_result_with_nothing_to_compete_with_is_not_bold(tmp_path):
     header, row = cells(to_markdown(task_tables(collect(tmp_path))["classification"]))
     bold = {header[i] for i, cell in enumerate(row) if cell.startswith("**")}
     assert bold == {"4-bit RepQ"}  # 8-bit PTQ stands alone at its bit width
+
+
+def test_a_crowded_panel_slants_one_line_labels_and_widens(tmp_path, monkeypatch):
+    """Eight variants of one model: every group labelled on one line (model / variant),
+    slanted so that neighbours do not overlap."""
+    import matplotlib.figure
+
+    variants = ["base", *(f"v{i}" for i in range(7))]
+    for variant in variants:
+        for stage, top1 in (("fp", 60.0), ("qat-merged-4", 55.0), ("qat-repq-4", 54.0)):
+            write_run(tmp_path, "repvgg_a0", stage, {"top1": top1}, variant=variant)
+    saved = []
+    original = matplotlib.figure.Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        saved.append(fig)
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    drop_figure(collect(tmp_path), tmp_path / "drop")
+    (ax,) = saved[0].axes
+    labels = ax.get_xticklabels()
+    assert [t.get_text() for t in labels] == ["RepVGG-A0"] + [f"RepVGG-A0 / v{i}" for i in range(7)]
+    assert {t.get_rotation() for t in labels} == {45.0}
 
 
 def test_latex_and_csv_hold_the_markdown_numbers(runs):
@@ -647,8 +671,6 @@ def test_one_item_per_seed_still_pairs():
 
 
 def test_a_task_the_vocabulary_does_not_know_gets_its_own_panel(tmp_path):
-    from repq.report.figures import drop_figure
-
     write_run(tmp_path, "x", "fp", {"loss": 0.5}, task="denoise", model="ecbsr")
     write_run(tmp_path, "x", "qat-repq-8", {"loss": 0.4}, task="denoise", model="ecbsr")
     panels = delta_bars(collect(tmp_path))

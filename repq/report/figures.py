@@ -25,6 +25,9 @@ from repq.vocab import BASE_VARIANT, METHODS, TASKS
 
 METHOD_DISPLAYS = [m.display for m in METHODS.values()]
 COLOURS = ("tab:orange", "tab:green", "tab:blue", "tab:purple", "tab:red", "tab:brown")
+CROWDED = 4
+"""More groups (models, or models x variants) than this in a panel: labels slanted."""
+MIN_PANEL_INCHES, BAR_INCHES = 7.0, 0.14
 
 
 def delta_bars(results: list[Result]) -> dict[str, tuple[pd.DataFrame, pd.DataFrame, str]]:
@@ -71,15 +74,35 @@ def _panel(ax, means: pd.DataFrame, spreads: pd.DataFrame) -> None:
             label=stage,
             **_style(stage),
         )
-    ax.set_xticks(range(len(means.index)), means.index)
+    crowded = len(means.index) > CROWDED
+    ax.set_xticks(
+        range(len(means.index)),
+        [label.replace("\n", " / ") for label in means.index] if crowded else means.index,
+        rotation=45 if crowded else 0,
+        ha="right" if crowded else "center",
+        rotation_mode="anchor",
+        fontsize=8 if crowded else 10,
+    )
+
+
+def _panel_width(means: pd.DataFrame) -> float:
+    """Inches for a panel: room for every bar, at least a readable minimum."""
+    return max(MIN_PANEL_INCHES, BAR_INCHES * len(means.index) * max(2, len(means.columns)))
 
 
 def drop_figure(results: list[Result], out: Path) -> list[Path]:
     """One bar chart per task of each quantized result's difference from its FP model
     (mean over seeds, error bars one standard deviation); written as PNG and SVG."""
     panels = delta_bars(results)
-    count = max(1, len(panels))
-    fig, axes = plt.subplots(1, count, figsize=(7 * count, 4.2), squeeze=False)
+    widths = [_panel_width(means) for means, _, _ in panels.values()] or [MIN_PANEL_INCHES]
+    crowded = any(len(means.index) > CROWDED for means, _, _ in panels.values())
+    fig, axes = plt.subplots(
+        1,
+        len(widths),
+        figsize=(sum(widths), 5.4 if crowded else 4.2),
+        squeeze=False,
+        gridspec_kw={"width_ratios": widths},
+    )
     for ax, (task, (means, spreads, metric)) in zip(axes[0], panels.items(), strict=False):
         _panel(ax, means, spreads)
         ax.axhline(0, color="black", linewidth=0.8)
