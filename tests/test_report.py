@@ -131,7 +131,7 @@ def test_a_result_with_nothing_to_compete_with_is_not_bold(tmp_path):
     assert bold == {"4-bit RepQ"}  # 8-bit PTQ stands alone at its bit width
 
 
-def test_a_crowded_panel_slants_one_line_labels_and_widens(tmp_path, monkeypatch):
+def test_a_crowded_panel_slants_one_line_labels(tmp_path, monkeypatch):
     """Eight variants of one model: every group labelled on one line (model / variant),
     slanted so that neighbours do not overlap."""
     import matplotlib.figure
