@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from record import new_tag, stamp
+from record import new_tag, save, stamp
 
 from repq.report.tables import RUN_SETS
 
@@ -96,10 +96,8 @@ def main() -> None:
         wall, cpu = run_demo(workdir, args.cores)
         jobs = job_seconds(workdir / "results" / "runs")
     text = report(wall, cpu, jobs)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.tag}.md").write_text(text)
     summary = {"provenance": stamp(), "wall_s": wall, "cpu_s": cpu, "jobs": jobs}
-    (args.out / f"{args.tag}.json").write_text(json.dumps(summary, indent=2))
+    save(args.out, args.tag, summary, text)
     print(text)
 
 

@@ -14,7 +14,6 @@ scikit-image's ``coffee`` and ``chelsea`` (shipped with the package) resized to 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from record import new_tag, stamp
+from record import new_tag, save, stamp
 from skimage import data as skdata
 from torchvision import transforms as v1
 
@@ -136,9 +135,7 @@ def main() -> None:
         "speed_vs_v1": {n: statistics.median(r) / reference for n, r in rates.items()},
         "seeding_us_per_sample": seed_cost(args.seedings),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.tag}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"{args.tag}.md").write_text(markdown(result))
+    save(args.out, args.tag, result, markdown(result))
     print(markdown(result))
 
 

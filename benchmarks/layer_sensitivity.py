@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from mini_runs import ROOT
-from record import new_tag, stamp
+from record import new_tag, save, stamp
 
 from repq.engine.build import model_from_file
 from repq.engine.tasks import make_task
@@ -101,9 +101,7 @@ def main() -> None:
         "metric": task.primary,
         **sensitivity(model, score),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.tag}.json").write_text(json.dumps(result, indent=2))
-    (args.out / f"{args.tag}.md").write_text(markdown(result))
+    save(args.out, args.tag, result, markdown(result))
     print(markdown(result))
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import statistics
 import tempfile
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from record import new_tag, stamp
+from record import new_tag, save, stamp
 from torch.utils.data import DataLoader
 
 from repq.config import load_config
@@ -147,9 +146,7 @@ def main() -> None:
     new_tag(args.out, args.tag)
     spec = MiniSpec(train_per_class=args.train_per_class, val_per_class=args.val_per_class)
     result = {"provenance": stamp(), **measure(args.rounds, spec)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.tag}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"{args.tag}.md").write_text(markdown(result))
+    save(args.out, args.tag, result, markdown(result))
     print(markdown(result))
 
 

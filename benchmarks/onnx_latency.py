@@ -15,7 +15,6 @@ median, min and max over rounds are reported, with ratios to FP32 in one process
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 import torch
-from record import new_tag, stamp
+from record import new_tag, save, stamp
 
 from repq.export import export_onnx, float_form, integer_form
 from repq.models import create
@@ -141,11 +140,9 @@ def main() -> None:
     ]
     text = markdown(rows, args.threads)
     print(text)
-    (out / f"{args.tag}.md").write_text(text)
     environment = {"onnxruntime": ort.__version__, "torch": torch.__version__}
     payload = {"provenance": stamp(), "environment": environment, "threads": args.threads}
-    payload["rows"] = rows
-    (out / f"{args.tag}.json").write_text(json.dumps(payload, indent=2))
+    save(out, args.tag, {**payload, "rows": rows}, text)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import statistics
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.ao.quantization as ao
-from record import new_tag, stamp
+from record import new_tag, save, stamp
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -346,19 +345,8 @@ def main() -> None:
     }
     for name in args.models:  # written after every model: a later failure keeps them
         results["models"][name] = bench_model(name, args, device)
-        write_results(results, args.out, args.tag)
+        save(args.out, args.tag, results, markdown(results))
     print(markdown(results))
-
-
-def write_results(results: dict, out: Path, tag: str) -> None:
-    """``<tag>.json`` and ``<tag>.md`` under ``out``, each replaced atomically."""
-    out.mkdir(parents=True, exist_ok=True)
-    texts = {"json": json.dumps(results, indent=2, default=str), "md": markdown(results)}
-    for suffix, text in texts.items():
-        target = out / f"{tag}.{suffix}"
-        partial = target.with_name(target.name + ".partial")
-        partial.write_text(text)
-        partial.replace(target)
 
 
 if __name__ == "__main__":

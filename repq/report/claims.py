@@ -299,24 +299,7 @@ def variant_effects(results: list[Result]) -> pd.DataFrame:
 
 def effects_markdown(table: pd.DataFrame) -> str:
     """The variants' effects as Markdown."""
-    head = ["claim", "model", "variant", "change of the difference (metric)", "seeds", "items"]
-    head += ["mean", "95% CI", "per seed", "effect"]
-    rows = [
-        [
-            r["claim"],
-            r["model"],
-            r["variant"],
-            f"{r['difference']} ({r['metric']})",
-            str(r["n"]),
-            str(r["items"] or "—"),
-            f"{r['mean']:+.2f}",
-            "—" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]",
-            r["per_seed"],
-            f"**{r['effect']}**",
-        ]
-        for _, r in table.iterrows()
-    ]
-    return markdown_text(pd.DataFrame(rows, columns=head, dtype=str))
+    return _markdown(table, "change of the difference (metric)", "effect", variants=True)
 
 
 def _merged_lr_and_rest(config: dict) -> tuple[float | None, str]:
@@ -379,23 +362,29 @@ def claims_table(results: list[Result]) -> pd.DataFrame:
 def to_markdown(table: pd.DataFrame) -> str:
     """The claims as Markdown (a variant column where the table holds more than one)."""
     variants = table["variant"].nunique() > 1
+    return _markdown(table, "difference (metric)", "verdict", variants)
+
+
+def _markdown(table: pd.DataFrame, difference: str, outcome: str, variants: bool) -> str:
+    """Rows of the claims or effects table as Markdown: the ``difference`` column's
+    header, the column that holds the outcome, and whether to show the variant."""
     rows = []
     for _, r in table.iterrows():
         ci = "—" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
         row = {"claim": r["claim"], "model": r["model"]}
         row |= {"variant": r["variant"]} if variants else {}
         row |= {
-            "difference (metric)": f"{r['difference']} ({r['metric']})",
+            difference: f"{r['difference']} ({r['metric']})",
             "seeds": str(r["n"]),
             "items": str(r["items"] or "—"),
             "mean": f"{r['mean']:+.2f}",
             "95% CI": ci,
             "per seed": r["per_seed"],
-            "verdict": f"**{r['verdict']}**",
+            outcome: f"**{r[outcome]}**",
         }
         rows.append(row)
-    head = ["claim", "model", *(["variant"] if variants else []), "difference (metric)"]
-    head += ["seeds", "items", "mean", "95% CI", "per seed", "verdict"]
+    head = ["claim", "model", *(["variant"] if variants else []), difference]
+    head += ["seeds", "items", "mean", "95% CI", "per seed", outcome]
     return markdown_text(pd.DataFrame(rows, columns=head, dtype=str))
 
 

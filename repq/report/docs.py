@@ -175,13 +175,10 @@ class Snapshot:
 def pick(frame: pd.DataFrame, **where: Any) -> dict[str, Any]:
     """The one row of ``frame`` whose columns equal ``where`` (an error names the filter
     when none or several match: a page must not show the wrong number)."""
-    mask = pd.Series(True, index=frame.index)
-    for column, value in where.items():
-        mask &= frame[column] == value
-    found = frame[mask]
+    found = rows(frame, **where)
     if len(found) != 1:
         raise ConfigError(f"{len(found)} rows match {where}, not one")
-    return found.iloc[0].to_dict()
+    return found[0]
 
 
 def rows(frame: pd.DataFrame, **where: Any) -> list[dict[str, Any]]:
