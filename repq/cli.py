@@ -370,12 +370,12 @@ def _report_docs(args: argparse.Namespace) -> None:
 
 def _report_tables(args: argparse.Namespace) -> None:
     from repq.report import write_report
-    from repq.tracking import Tracker, git_commit
+    from repq.tracking import RunSpec, Tracker, source_tags
 
     written = write_report(args.runs, args.out)
     tracking = {"uri": args.tracking_uri, "experiment": args.experiment}
     tracker = Tracker(tracking, args.out / "tracking.jsonl")
-    tracker.start("report", {"job": "report", "git_commit": git_commit()}, {})
+    tracker.start(RunSpec("report", {"job": "report", **source_tags("report")}), {})
     for path in written:
         tracker.log_artifact(path)
     tracker.finish()

@@ -8,7 +8,9 @@ import functools
 import hashlib
 import json
 import math
+import os
 import re
+import urllib.parse
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -200,8 +202,31 @@ def _message(error: jsonschema.ValidationError) -> str:
     return f"{error.instance!r} fits none of the alternatives: " + "; or ".join(asks)
 
 
+def adopt_credentials(uri: str) -> str:
+    """A tracking URI without its user and password (``https://user:pw@host`` gives
+    ``https://host``), which go to MLflow's own variables ``MLFLOW_TRACKING_USERNAME``
+    and ``MLFLOW_TRACKING_PASSWORD`` instead: no config, parameter or journal that a job
+    writes ever holds them."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username is None:
+        return uri
+    os.environ["MLFLOW_TRACKING_USERNAME"] = urllib.parse.unquote(parts.username)
+    if parts.password is not None:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(parts.password)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=host))
+
+
+def _adopt_tracking_credentials(config: dict) -> dict:
+    tracking = config.get("tracking") or {}
+    if tracking.get("uri"):
+        tracking["uri"] = adopt_credentials(tracking["uri"])
+    return config
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:
-    """Read a YAML recipe, apply overrides and validate it."""
+    """Read a YAML recipe, apply overrides and validate it; a tracking URI's credentials
+    are taken out (:func:`adopt_credentials`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -211,7 +236,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
     if not isinstance(config, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    return validate(apply_overrides(config, overrides or []))
+    return _adopt_tracking_credentials(validate(apply_overrides(config, overrides or [])))
 
 
 def config_hash(config: dict) -> str:

@@ -62,8 +62,11 @@ def test_a_snapshot_keeps_the_tables_and_their_provenance(tmp_path):
     metrics = results / "runs/a0/base/seed0/fp/metrics.json"
     metrics.write_text(json.dumps({"cpu_seconds": {"startup": 1.0, "total": 12.5}}))
     journal = metrics.with_name("tracking.jsonl")  # the commit the job ran at
-    run = {"op": "run", "key": "k", "name": "a0/fp", "tags": {"git_commit": "0123456789abcdef"}}
+    tags = {"mlflow.source.git.commit": "0123456789abcdef"}
+    run = {"op": "run", "key": "k", "name": "a0/fp", "tags": tags}
     journal.write_text(json.dumps(run) + "\n" + '{"op": "metr')  # the last line cut short
+    older = results / "runs/a0/base/seed1/fp/tracking.jsonl"  # a journal of before MLflow's tag
+    older.write_text(json.dumps({**run, "tags": {"git_commit": "fedcba9876543210"}}) + "\n")
     write_report(results / "runs", results / "tables")
     (results / "wall_seconds").write_text("125\n")
     config = tmp_path / "wf.yaml"
@@ -78,7 +81,7 @@ def test_a_snapshot_keeps_the_tables_and_their_provenance(tmp_path):
     assert prov["command"] == "make toy" and prov["wall_seconds"] == 125.0
     assert prov["job_cpu_seconds"] == 12.5 and prov["trainings"] == 1
     assert {"date", "cpu", "cores", "torch", "python", "snapshot_commit"} <= set(prov)
-    assert prov["commit"] == "0123456789ab"  # the jobs', from their journals
+    assert prov["commit"] == "0123456789ab, fedcba987654"  # the jobs', from their journals
     assert (folder / "config.yaml").read_text() == "seeds: [0, 1]\n"
     with pytest.raises(ConfigError, match="holds no tables"):
         take_snapshot(tmp_path / "nothing", "x", "make x", tmp_path / "docs")

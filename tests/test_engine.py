@@ -89,7 +89,29 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(mini_data, tmp_path):
     assert run.info.status == "FINISHED" and run.info.run_name == "ecbsr/fp"
     assert run.data.params["train.epochs"] == "3" and run.data.params["stage"] == "fp"
     assert run.data.tags["architecture"] == "ecbsr" and run.data.tags["bits"] == "32"
-    assert len(run.data.tags["git_commit"]) in (40, 7)  # a sha, or "unknown"
+    # MLflow's own source fields: the UI's Source and Version columns
+    assert run.data.tags["mlflow.source.name"] == "repq train"
+    assert run.data.tags["mlflow.source.type"] == "LOCAL"
+    assert (
+        len(run.data.tags["mlflow.source.git.commit"]) == 40 and "git_commit" not in run.data.tags
+    )
+    # nested under its group's run, which spans it
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.info.run_name == "ecbsr/seed0" and parent.data.tags["job"] == "group"
+    assert parent.info.status == "FINISHED" and parent.data.tags["seed"] == "0"
+    assert (
+        parent.info.start_time == run.info.start_time <= run.info.end_time == parent.info.end_time
+    )
+    # the data sets it read, as MLflow dataset inputs with their use
+    inputs = {
+        d.dataset.name: ({t.key: t.value for t in d.tags}["mlflow.data.context"], d.dataset.digest)
+        for d in run.inputs.dataset_inputs
+    }
+    assert {name: use for name, (use, _) in inputs.items()} == {
+        "train": "training", "mini_a": "evaluation", "mini_b": "evaluation",
+    }  # fmt: skip
+    assert all(len(digest) == 12 for _, digest in inputs.values())
+    assert inputs["mini_a"][1] != inputs["mini_b"][1]
     history = client.get_metric_history(run.info.run_id, "psnr/mini_a")
     assert [m.step for m in history] == [0, 1, 2]
     assert run.data.metrics["final/psnr/mini_a"] == pytest.approx(result["metrics"]["psnr/mini_a"])

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,12 +21,14 @@ from repq.cli import main
 from repq.errors import ConfigError, TrackingError
 from repq.tracking import (
     Journal,
+    RunSpec,
     Tracker,
     ensure_experiment,
     now_ms,
     run_name,
     run_tags,
     runs_url,
+    stage_run,
 )
 from repq.tracking.delivery import deliver
 from repq.tracking.journal import bind_store, stored_store
@@ -71,7 +74,8 @@ def test_a_run_delivered_later_keeps_the_times_of_its_job(tmp_path):
     tracking = {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "later"}
     tracker = Tracker({**tracking, "delivery": "deferred"}, tmp_path / "job" / "tracking.jsonl")
     before = now_ms()
-    key = tracker.start("a0/lr_x3/fp", run_tags_of("lr_x3"), {}, started=before - 60_000)
+    spec = RunSpec("a0/lr_x3/fp", run_tags_of("lr_x3"))
+    key = tracker.start(spec, {}, started=before - 60_000)
     tracker.finish()
     ended = tracker.journal.records()[-1]["time"]
     time.sleep(0.2)
@@ -108,11 +112,11 @@ def test_a_journal_with_undelivered_records_is_not_sent_to_another_store(tmp_pat
 def test_a_restarted_job_ends_the_run_its_killed_process_left_open(tmp_path):
     tracking = {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "stale"}
     first = Tracker(tracking, tmp_path / "job" / "tracking.jsonl")
-    killed = first.start("job/fp", {"job": "train"}, {"lr": 0.1})
+    killed = first.start(RunSpec("job/fp", {"job": "train"}), {"lr": 0.1})
     first.log_metrics({"loss": 1.0}, 0)
     first.flush(30)  # then the process dies: no finish, no close
     second = Tracker(tracking, tmp_path / "job" / "tracking.jsonl")
-    second.start("job/fp", {"job": "train"}, {"lr": 0.1})
+    second.start(RunSpec("job/fp", {"job": "train"}), {"lr": 0.1})
     second.finish()
     second.close(30)
     runs = second.journal.state()["runs"]
@@ -222,7 +226,11 @@ def test_a_job_killed_before_its_first_checkpoint_leaves_no_running_run(mini_dat
 
 
 @pytest.mark.slow
-def test_the_start_up_probe_tells_refused_credentials_from_an_absent_server(tmp_path, monkeypatch):
+def test_the_start_up_probe_tells_refused_credentials_from_an_absent_server(
+    mini_data, tmp_path, monkeypatch
+):
+    """... and a job given its credentials in the tracking URI logs with them but writes
+    them nowhere: not in its config, checkpoint, journal or run parameters."""
     server = MlflowServer(tmp_path / "server", auth=True)
     server.start()
     try:
@@ -236,11 +244,31 @@ def test_the_start_up_probe_tells_refused_credentials_from_an_absent_server(tmp_
             ensure_experiment(server.uri, "auth")
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", server.admin_password)
         tracker = Tracker({"uri": server.uri, "experiment": "auth"}, tmp_path / "t.jsonl")
-        tracker.start("job", {"job": "train"}, {})
+        tracker.start(RunSpec("job", {"job": "train"}), {})
         tracker.finish()
         tracker.close(30)
         (run,) = server.runs_tagged("job", "train", user="admin")
         assert run["info"]["status"] == "FINISHED"
+
+        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+        monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+        secret_uri = server.uri.replace("//", f"//admin:{server.admin_password}@")
+        out = tmp_path / "fp"
+        overrides = [*sr_overrides(mini_data, epochs=1), f"tracking.uri={secret_uri}"]
+        overrides.append("tracking.experiment=auth")
+        args = ["train", str(RECIPES / "ecbsr.yaml"), "--stage", "fp", "--out", str(out)]
+        assert main([*args, *as_args(overrides)]) == 0
+        runs = server.runs_tagged("stage", "fp", user="admin")
+        assert [r["info"]["status"] for r in runs] == ["FINISHED"]
+        params = {p["key"]: p["value"] for p in runs[0]["data"]["params"]}
+        assert params["tracking.uri"] == server.uri
+        written = [p for p in out.rglob("*") if p.is_file()]
+        assert {"config.json", "model.pt", "tracking.jsonl", "tracking.jsonl.state"} <= {
+            p.name for p in written
+        }
+        for path in written:
+            assert server.admin_password.encode() not in path.read_bytes(), path
+        assert json.loads((out / "config.json").read_text())["tracking"]["uri"] == server.uri
     finally:
         server.kill()
     with pytest.raises(TrackingError, match="is unreachable"):
@@ -268,8 +296,10 @@ def test_a_deferred_job_never_imports_mlflow_and_sync_delivers_its_run(mini_data
     assert journal.pending() > 0 and journal.state()["store"]["uri"] == uri
     assert main(["tracking-sync", str(tmp_path)]) == 0
     client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("repq").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("repq").experiment_id])
+    run, parent = sorted(runs, key=lambda r: r.data.tags["job"], reverse=True)  # train, group
     assert run.info.status == "FINISHED" and run.data.tags["stage"] == "fp"
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert run.data.metrics["psnr/mini_a"] == pytest.approx(metrics["metrics"]["psnr/mini_a"])
 
 
@@ -278,3 +308,59 @@ def test_an_unknown_delivery_mode_is_named(tmp_path, monkeypatch):
     tracking = {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     with pytest.raises(TrackingError, match="tracking delivery 'later' is not one of"):
         Tracker(tracking, tmp_path / "tracking.jsonl")
+
+
+def test_a_resumed_run_keeps_its_first_start_and_counts_its_restarts(tmp_path):
+    tracking = {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "resumed"}
+    first = Tracker(tracking, tmp_path / "job" / "tracking.jsonl")
+    key = first.start(RunSpec("a0/fp", {"job": "train"}), {}, started=now_ms() - 30_000)
+    first.flush(30)  # killed here
+    for _ in range(2):
+        again = Tracker(tracking, tmp_path / "job" / "tracking.jsonl")
+        assert again.resume(key)
+    again.finish()
+    again.close(30)
+    run = MlflowClient(tracking["uri"]).get_run(again.journal.state()["runs"][key])
+    assert run.data.tags["resumed"] == "2" and run.info.status == "FINISHED"
+    assert run.info.end_time - run.info.start_time >= 30_000
+
+
+def test_jobs_of_one_group_delivered_at_once_share_one_parent(tmp_path):
+    """Four jobs of one architecture, variant and seed start together (a quantized
+    variant's first jobs) and each creates the group's run if it finds none: one stays,
+    the others' are deleted, and every job nests under it."""
+    store = _store(tmp_path)
+    config = {"model": {"name": "a0"}, "task": "classification", "train": {"seed": 1}}
+    config["tracking"] = {"variant": "lr_x2"}
+    journals = []
+    for bits in (4, 8):
+        for method in ("repq", "bnest"):
+            stage = Stage.parse(f"qat-{method}-{bits}")
+            journal = Journal(tmp_path / str(stage) / "tracking.jsonl")
+            bind_store(journal, store)
+            spec = stage_run(config, stage, "train", str(stage))
+            journal.append(
+                "run", key="k", name=spec.name, tags=spec.tags, parent=spec.parent, time=now_ms()
+            )
+            journal.append("status", key="k", status="FINISHED", time=now_ms() + 1000)
+            journals.append(journal)
+    ensure_experiment(store.uri, store.experiment)
+    barrier = threading.Barrier(len(journals))
+
+    def deliver_at_once(journal: Journal) -> None:
+        barrier.wait()
+        deliver(journal, store)
+
+    threads = [threading.Thread(target=deliver_at_once, args=(j,)) for j in journals]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    client = MlflowClient(store.uri)
+    runs = client.search_runs([client.get_experiment_by_name(store.experiment).experiment_id])
+    (parent,) = [r for r in runs if r.data.tags["job"] == "group"]
+    assert parent.info.run_name == "a0/lr_x2/seed1" and parent.info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags["job"] == "train"]
+    assert len(children) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert parent.info.end_time == max(r.info.end_time for r in children)

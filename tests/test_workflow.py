@@ -19,6 +19,7 @@ import pytest
 import slurm_cluster
 import torch
 import yaml
+from browser import chromium, wait_for
 from mlflow.tracking import MlflowClient
 from servers import MlflowServer
 
@@ -353,6 +354,7 @@ def test_micro_pipeline_end_to_end(micro_run):
     assert {r["info"]["run_name"] for r in variant} >= {"repvgg_a0/lr_x2/qat-repq-4"}
     for run in runs:  # a job's run lasts from its start to its end
         assert 0 <= int(run["info"]["end_time"]) - int(run["info"]["start_time"]) < 600_000
+    _check_run_tree_and_registry(server, exports=7)
 
     # the deployed models: every PTQ and QAT model as onnxruntime runs it. The two differ
     # only in the order of float sums, which moves a 4-bit activation code now and then:
@@ -394,6 +396,55 @@ def test_micro_pipeline_end_to_end(micro_run):
     snakemake(workdir, "--cores", "1", "--configfile", "micro.yaml", "--report", "report.html")
     html = (workdir / "report.html").read_text(errors="ignore")
     assert "classification.csv" in html and "curve.png" in html
+
+
+def _check_run_tree_and_registry(server: MlflowServer, exports: int) -> None:
+    """The store as the UI shows it: a parent run per architecture, variant and seed
+    spanning its jobs, none that ends before it starts, every job's run with its source
+    and data, and one registered model version per exported file."""
+    client = MlflowClient(server.uri)
+    experiment = client.get_experiment_by_name("micro").experiment_id
+    runs = client.search_runs([experiment], max_results=1000)
+    assert all(r.info.end_time >= r.info.start_time for r in runs)
+    groups = {r.info.run_id: r for r in runs if r.data.tags["job"] == "group"}
+    assert sorted(r.info.run_name for r in groups.values()) == [
+        "ecbsr/seed0", "repvgg_a0/lr_x2/seed0", "repvgg_a0/seed0",
+    ]  # fmt: skip
+    stage_runs = [r for r in runs if r.data.tags["job"] in ("train", "evaluate", "export")]
+    for run in stage_runs:
+        parent = groups[run.data.tags["mlflow.parentRunId"]]
+        assert {k: parent.data.tags[k] for k in ("architecture", "variant", "seed")} == {
+            k: run.data.tags[k] for k in ("architecture", "variant", "seed")
+        }
+        assert parent.info.start_time <= run.info.start_time
+        assert run.info.end_time <= parent.info.end_time
+        assert run.data.tags["mlflow.source.name"] == f"repq {run.data.tags['job']}"
+        assert run.inputs.dataset_inputs, run.info.run_name
+    assert {r.info.status for r in groups.values()} == {"FINISHED"}
+    versions = client.search_model_versions(max_results=1000)
+    assert len(versions) == exports
+    names = {v.name for v in versions}
+    assert "micro.repvgg_a0.lr_x2.qat-repq-4" in names and "micro.ecbsr.ptq-4" in names
+    for version in versions:
+        run = client.get_run(version.run_id)
+        assert run.data.tags["job"] == "export" and version.version == "1"
+        assert version.tags["weight_codes_equal"] == "True"
+        assert "top1_agreement" in version.tags or "max_abs_diff" in version.tags
+
+
+def test_a_registered_model_loads_through_pyfunc_as_onnxruntime_runs_it(micro_run):
+    import mlflow.pyfunc
+    import numpy as np
+    import onnxruntime as ort
+
+    workdir, server = micro_run
+    mlflow.set_tracking_uri(server.uri)
+    onnx_file = workdir / "results/runs/repvgg_a0/lr_x2/seed0/qat-repq-4/model.onnx"
+    model = mlflow.pyfunc.load_model("models:/micro.repvgg_a0.lr_x2.qat-repq-4/1")
+    images = np.random.default_rng(0).standard_normal((3, 3, 32, 32), dtype=np.float32)
+    (expected,) = ort.InferenceSession(onnx_file).run(None, {"input": images})
+    assert np.array_equal(model.predict(images)["output"], expected)
+    assert model.metadata.get_input_schema().input_types()[0] == np.dtype("float32")
 
 
 CLICK_CLAIMS_CAPTION = """<script>
@@ -443,6 +494,67 @@ def test_the_report_explains_itself_in_a_browser(micro_run):
     caption = _shown_text(page, CLICK_CLAIMS_CAPTION)
     assert "The paper's claims that these runs can test" in caption
     assert "The verdict follows from the interval alone: holds" in caption
+
+
+EXPAND = "button[data-component-id*='runnamecellrenderer']"
+"""The button of the runs table that unfolds a parent run's children."""
+
+
+def _cells(driver, column: str, line: int | None = None) -> list[str]:
+    """The texts of one column of the runs table (MLflow's ag-grid) as shown, or one
+    line of each (a run name's cell shows its colour, then the name)."""
+    from selenium.webdriver.common.by import By
+
+    cells = driver.find_elements(By.CSS_SELECTOR, f"[role=gridcell][col-id*='{column}']")
+    texts = [c.text.strip() for c in cells]
+    return texts if line is None else [(t.splitlines() or [""])[line] for t in texts]
+
+
+def test_the_mlflow_ui_shows_the_run_tree_and_the_registered_models(micro_run):
+    """The runs URL that ``make demo`` prints, in headless Chromium: the runs listed as a
+    tree (a parent per architecture, variant and seed, unfolding into its jobs), no
+    negative duration, the data sets, and the deployed models on the registry's page."""
+    from selenium.webdriver.common.by import By
+
+    from repq.cli import _mlflow_ui_hint
+
+    workdir, server = micro_run
+    url = _mlflow_ui_hint(workdir / "results/tracking.ready").split()[-1]
+    assert url.startswith(server.uri) and url.endswith("/runs")
+    with chromium() as driver:
+        driver.get(url)
+        names = wait_for(lambda: [n for n in _cells(driver, "Run Name", -1) if n], what="runs")
+        assert set(names) == {"report", "repvgg_a0/seed0", "repvgg_a0/lr_x2/seed0", "ecbsr/seed0"}
+        buttons = driver.find_elements(By.CSS_SELECTOR, EXPAND)
+        assert len(buttons) == 3  # the parents, folded
+        for button in buttons:
+            button.click()
+        shown = wait_for(
+            lambda: len(names := _cells(driver, "Run Name", -1)) > 20 and names, what="nested runs"
+        )
+        assert {
+            "repvgg_a0/lr_x2/qat-repq-4",
+            "ecbsr/export-qat-repq-4",
+            "repvgg_a0/eval-fp",
+        } <= set(shown)
+        durations = [d for d in _cells(driver, "duration") if d]
+        assert len(durations) == len(shown) and not [d for d in durations if d.startswith("-")]
+        datasets = " ".join(_cells(driver, "Dataset"))
+        assert re.search(r"cls/val \([0-9a-f]{12}\)\s+Evaluation", datasets), datasets
+        models = dict(zip(shown, _cells(driver, "Models"), strict=True))
+        # an export run's logged ONNX model, shown as the registered version it became
+        assert models["repvgg_a0/export-qat-repq-4"].split() == ["micro.repvgg_a0.qat-repq-4", "v1"]
+        driver.save_screenshot(str(workdir / "results" / "mlflow-runs.png"))
+        driver.get(f"{server.uri}/#/models")
+        page = wait_for(
+            lambda: (
+                "micro.ecbsr.ptq-4" in (text := driver.find_element(By.TAG_NAME, "body").text)
+                and text
+            ),
+            what="the registered models",
+        )
+        registered = set(re.findall(r"micro\.[\w.-]+", page))
+        assert len(registered) == 7 and "micro.repvgg_a0.lr_x2.qat-bnest-4" in registered
 
 
 TABLES = ("classification.csv", "classification.md", "superres.csv", "superres.md", "runs.csv")

@@ -14,16 +14,17 @@ from repq.engine.build import deploy_form, model_from_file
 from repq.engine.distributed import Context, setup
 from repq.engine.tasks import Task, make_task, means
 from repq.files import atomic_write
-from repq.tracking import Tracker, run_name, run_tags
+from repq.tracking import Tracker, stage_run
 
 
 def _evaluate_one(task: Task, tracker: Tracker, ctx: Context, config: dict, path: Path) -> dict:
     """Evaluate one ``model.pt`` in its own MLflow run; returns its result."""
     model, content, stage = model_from_file(path)
     name = content["config"]["model"]["name"]
-    label = run_name(content["config"], f"eval-{stage}")
-    params = {**flatten(config), "model_file": str(path)}
-    tracker.start(label, run_tags(content["config"], stage, "evaluate"), params)
+    spec = stage_run(content["config"], stage, "evaluate", f"eval-{stage}")
+    tracker.start(spec, {**flatten(config), "model_file": str(path)})
+    for data in task.data_refs():
+        tracker.log_input(data)
     try:
         scores = task.scores(deploy_form(model.to(ctx.device), stage), ctx.device)
     except BaseException:
@@ -33,7 +34,7 @@ def _evaluate_one(task: Task, tracker: Tracker, ctx: Context, config: dict, path
     tracker.log_metrics(metrics, 0)
     tracker.flush(timeout=5)  # the store's run id
     result = {
-        "name": label,
+        "name": spec.name,
         "task": content["config"]["task"],
         "model": name,
         "stage": str(stage),

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from repq.data.identity import EVALUATION, TRAINING, DataRef, data_ref
 from repq.data.sampling import FixedSeed
 from repq.data.superres import SRTestSet, SRTrainSet
 from repq.engine.metrics import min_sr_side, psnr_y, ssim_y
@@ -70,6 +71,11 @@ class Task(ABC):
     def is_better(self, metrics: dict[str, float], best: float | None) -> bool:
         return best is None or self.select == "last" or metrics[self.primary] > best
 
+    @abstractmethod
+    def data_refs(self) -> list[DataRef]:
+        """The data sets the task reads (the training set only if built), for the runs'
+        dataset inputs."""
+
 
 class ClassificationTask(Task):
     def __init__(self, config: dict, train: bool = True) -> None:
@@ -109,6 +115,15 @@ class ClassificationTask(Task):
 
     def train_set(self) -> Dataset:
         return self._split(self._train)
+
+    def data_refs(self) -> list[DataRef]:
+        root = Path(self.data.get("root", ""))
+        splits = [("train", self._train, TRAINING), ("val", self._val, EVALUATION)]
+        return [
+            data_ref(f"{root.name}/{split}", folder.root, (p for p, _ in folder.samples), use)
+            for split, folder, use in splits
+            if folder is not None
+        ]
 
     @staticmethod
     def example_input(config: dict) -> torch.Tensor:
@@ -188,6 +203,18 @@ class SuperResTask(Task):
 
     def train_set(self) -> Dataset:
         return self._train
+
+    def data_refs(self) -> list[DataRef]:
+        refs = [
+            data_ref(name, self.data["test"][name], test.files, EVALUATION)
+            for name, test in self._tests.items()
+        ]
+        if self._train is None:
+            return refs
+        train = data_ref(
+            Path(self.data["train"]).name, self.data["train"], self._train.files, TRAINING
+        )
+        return [train, *refs]
 
     @staticmethod
     def example_input(config: dict) -> torch.Tensor:

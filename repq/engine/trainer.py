@@ -48,7 +48,7 @@ from repq.qat import calibrate, precision_tsv
 from repq.qat.health import clipped_fractions, float_health_rows, health_csv, health_rows
 from repq.quant.init import QuantInit
 from repq.quant.layers import QuantLayer, set_recompute
-from repq.tracking import Tracker, now_ms, run_name, run_tags
+from repq.tracking import RunSpec, Tracker, now_ms, run_name, stage_run
 from repq.vocab import Stage
 
 log = logging.getLogger("repq")
@@ -73,8 +73,8 @@ class Job:
     def resume_path(self) -> Path:
         return (self.resume_dir or self.out / "resume") / "last.pt"
 
-    def tags(self) -> dict[str, str]:
-        return run_tags(self.config, self.stage, "train")
+    def run_spec(self) -> RunSpec:
+        return stage_run(self.config, self.stage, "train", str(self.stage))
 
 
 def step_summary(model: nn.Module) -> dict[str, float]:
@@ -316,8 +316,9 @@ class Trainer:
             "world_size": self.ctx.world,
         }
         if self.run_key is None or not self.tracker.resume(self.run_key):
-            tags = self.job.tags()
-            self.run_key = self.tracker.start(self.job.name, tags, params, self.started)
+            self.run_key = self.tracker.start(self.job.run_spec(), params, self.started)
+            for data in self.task.data_refs():
+                self.tracker.log_input(data)
 
     def run(self) -> dict:
         """Train to the last epoch and write the outputs; returns the final metrics."""

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from repq.config import apply_overrides, flatten
+from repq.data.identity import DataRef
 from repq.engine.build import model_from_file
 from repq.engine.tasks import ENGINES, Task, make_task
 from repq.errors import CheckpointError
@@ -26,10 +27,10 @@ from repq.export.qdq import float_form, integer_form
 from repq.export.verify import Comparison, OnnxRunner, codes_check
 from repq.files import atomic_write
 from repq.qat import to_deploy
-from repq.tracking import Tracker, now_ms, run_name, run_tags
+from repq.tracking import Tracker, now_ms, stage_run
 from repq.vocab import Stage
 
-ONNX_FILE, REPORT_FILE = "model.onnx", "export.json"
+ONNX_FILE, REPORT_FILE, EXAMPLE_FILE = "model.onnx", "export.json", "example.npz"
 
 
 def export_model(
@@ -114,17 +115,32 @@ class Exporter:
             result |= verify(model, onnx_path, self._task(config), self.threads)
         report = onnx_path.with_name(REPORT_FILE)
         atomic_write(report, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
-        _track(tracker, config, stage, result, [onnx_path, report], started)
+        example_file = save_example(onnx_path, example[:1], self.threads)
+        data = self._task(config).data_refs() if self.run_verify else []
+        _track(tracker, config, stage, result, [onnx_path, report], started, data)
+        tracker.log_model(
+            onnx_path, example_file, tracker.registered_name(config, stage), _model_tags(result)
+        )
+        tracker.finish()
         return result
 
 
 def _track(
-    tracker: Tracker, config: dict, stage: Stage, result: dict, files: list, started: int
+    tracker: Tracker,
+    config: dict,
+    stage: Stage,
+    result: dict,
+    files: list,
+    started: int,
+    data: list[DataRef],
 ) -> None:
-    """One MLflow run per exported model (from ``started``, ms since the epoch, to now):
-    its figures as metrics, the files as artifacts."""
-    name = run_name(config, f"export-{stage}")
-    tracker.start(name, run_tags(config, stage, "export"), flatten(config), started)
+    """One MLflow run per exported model (from ``started``, ms since the epoch): its
+    figures as metrics, the files as artifacts, the verification's data as inputs (the
+    caller registers the model and ends the run)."""
+    spec = stage_run(config, stage, "export", f"export-{stage}")
+    tracker.start(spec, flatten(config), started)
+    for ref in data:
+        tracker.log_input(ref)
     numbers = {
         "bytes": result["bytes"],
         "fp32_bytes": result["fp32_bytes"],
@@ -137,7 +153,31 @@ def _track(
     tracker.log_metrics(numbers, 0)
     for path in files:
         tracker.log_artifact(path)
-    tracker.finish()
+
+
+def save_example(onnx_path: Path, example: torch.Tensor, threads: int) -> Path:
+    """An input and the file's onnxruntime output on it (``example.npz`` beside it): the
+    MLflow model's signature and input example."""
+    import numpy as np
+
+    output = OnnxRunner(onnx_path, threads)(example)
+    path = onnx_path.with_name(EXAMPLE_FILE)
+    arrays = {"input": example.numpy(), "output": output.numpy()}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add .npz to a name
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
+    return path
+
+
+def _model_tags(result: dict) -> dict[str, object]:
+    """A registered version's tags: how the file compares with its PyTorch model and
+    what onnxruntime measured with it (the stage's tags come from its run)."""
+    checks = ("weight_codes_equal", "top1_agreement", "max_abs_diff")
+    tags = {k: result[k] for k in checks if k in result}
+    return tags | {f"onnx/{k}": v for k, v in result.get("metrics", {}).items()}
 
 
 def export_files(

@@ -94,9 +94,19 @@ def job_cpu_seconds(results: Path) -> float:
     return total
 
 
+COMMIT_TAGS = ("mlflow.source.git.commit", "git_commit")
+"""The run tags that hold a job's commit (MLflow's own; ``git_commit`` in the journals of
+results written before runs carried MLflow's source fields)."""
+
+
+def _commit(record: dict) -> str | None:
+    tags = record.get("tags", {}) if record.get("op") == "run" else {}
+    return next((tags[k] for k in COMMIT_TAGS if tags.get(k)), None)
+
+
 def run_commits(results: Path) -> list[str]:
-    """The commits the jobs of a results folder ran at (the ``git_commit`` tag of every
-    run in their tracking journals), shortened, in order of first appearance."""
+    """The commits the jobs of a results folder ran at (the commit tag of every run in
+    their tracking journals), shortened, in order of first appearance."""
     found: dict[str, None] = {}
     for journal in sorted(results.glob("runs/**/*tracking.jsonl")):
         for line in journal.read_text().splitlines():
@@ -104,7 +114,7 @@ def run_commits(results: Path) -> list[str]:
                 record = json.loads(line)
             except json.JSONDecodeError:  # a line cut short by a kill
                 continue
-            tag = record.get("tags", {}).get("git_commit") if record.get("op") == "run" else None
+            tag = _commit(record)
             if tag:
                 found[tag[:12]] = None
     return list(found)

@@ -5,6 +5,7 @@ after each (a journal is never delivered twice), in a background thread while a 
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from repq.errors import TrackingUndelivered, first_line
 from repq.tracking.journal import Journal, journals_under, stored_store
+from repq.tracking.registry import register_model
 from repq.tracking.store import Store, artifact_location, bound_http_retries
 
 log = logging.getLogger("repq")
@@ -25,20 +27,79 @@ def _experiment_id(client, store: Store) -> str:
     return client.create_experiment(store.experiment, artifact_location=location)
 
 
+PARENT_TAG = "mlflow.parentRunId"
+CREATED_TAG = "repq.created_ns"
+"""When delivery created a parent run (ns): of two jobs that created the same parent at
+once, the later one's is deleted and both nest under the earlier."""
+
+
+def _find_parent(client, experiment_id: str, parent: dict) -> list:
+    """The live parent runs with ``parent``'s tags, earliest created first."""
+    tags = {k: v for k, v in parent["tags"].items() if not k.startswith("mlflow.")}
+    terms = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+    found = client.search_runs([experiment_id], " and ".join(terms), max_results=100)
+    return sorted(found, key=lambda r: (int(r.data.tags.get(CREATED_TAG, 0)), r.info.run_id))
+
+
+def _parent_id(client, experiment_id: str, parent: dict, started: int) -> str:
+    """The run of a job's group, created (starting with this job) where it is missing."""
+    found = _find_parent(client, experiment_id, parent)
+    if found:
+        return found[0].info.run_id
+    tags = {**parent["tags"], CREATED_TAG: str(time.time_ns())}
+    own = client.create_run(experiment_id, started, tags, run_name=parent["name"])
+    winner = _find_parent(client, experiment_id, parent)[0].info.run_id
+    if winner != own.info.run_id:
+        client.delete_run(own.info.run_id)
+    return winner
+
+
+def _settle_parent(client, run_id: str) -> None:
+    """A parent runs while a child runs, and ends when its last child ends."""
+    parent_id = client.get_run(run_id).data.tags.get(PARENT_TAG)
+    if parent_id is None:
+        return
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    children = client.search_runs(
+        [experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=10_000
+    )
+    if any(c.info.status == "RUNNING" for c in children):
+        client.update_run(parent_id, status="RUNNING")
+        return
+    end = max(c.info.end_time or c.info.start_time for c in children)
+    client.set_terminated(parent_id, "FINISHED", end_time=end)
+
+
+def _open_run(client, store: Store, record: dict) -> str:
+    """Create a job's run (from its job's start, not its delivery) under its parent."""
+    experiment_id = _experiment_id(client, store)
+    tags = dict(record["tags"])
+    if record.get("parent"):
+        tags[PARENT_TAG] = _parent_id(client, experiment_id, record["parent"], record.get("time"))
+    run = client.create_run(
+        experiment_id, run_name=record["name"], tags=tags, start_time=record.get("time")
+    )
+    _settle_parent(client, run.info.run_id)
+    return run.info.run_id
+
+
+def _log_input(client, run_id: str, record: dict) -> None:
+    """A data set as the run's MLflow dataset input, with its use as context."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    profile = json.dumps({"num_files": record["files"]})
+    dataset = Dataset(record["name"], record["digest"], "local", record["source"], None, profile)
+    context = InputTag("mlflow.data.context", record["context"])
+    client.log_inputs(run_id, [DatasetInput(dataset, [context])])
+
+
 def _send(client, store: Store, record: dict, runs: dict[str, str]) -> None:
     """Perform one record's call against the store."""
     from mlflow.entities import Metric, Param
 
     op, key = record["op"], record["key"]
     if op == "run":
-        experiment_id = _experiment_id(client, store)
-        run = client.create_run(
-            experiment_id,
-            run_name=record["name"],
-            tags=record["tags"],
-            start_time=record.get("time"),  # when the job started it, not when delivered
-        )
-        runs[key] = run.info.run_id
+        runs[key] = _open_run(client, store, record)
         return
     run_id = runs.get(key)
     if run_id is None:  # its run went to a store this journal is no longer bound to
@@ -52,6 +113,13 @@ def _send(client, store: Store, record: dict, runs: dict[str, str]) -> None:
         step, stamp = record["step"], record["time"]
         batch = [Metric(k, float(v), stamp, step) for k, v in record["metrics"].items()]
         client.log_batch(run_id, metrics=batch)
+    elif op == "tags":
+        for name, value in record["tags"].items():
+            client.set_tag(run_id, name, value)
+    elif op == "input":
+        _log_input(client, run_id, record)
+    elif op == "model":
+        register_model(client, run_id, record)
     elif op == "artifact":
         if Path(record["path"]).exists():
             client.log_artifact(run_id, record["path"], record.get("folder"))
@@ -60,6 +128,7 @@ def _send(client, store: Store, record: dict, runs: dict[str, str]) -> None:
             client.update_run(run_id, status="RUNNING")
         else:
             client.set_terminated(run_id, record["status"], end_time=record.get("time"))
+        _settle_parent(client, run_id)
 
 
 def deliver(journal: Journal, store: Store) -> int:
@@ -130,10 +199,17 @@ class Courier:
         return delivered
 
 
+def _first_start(journal: Journal) -> int:
+    """When a journal's first run started: journals are delivered in that order, so that
+    a group's parent run starts with its earliest job."""
+    starts = [r.get("time") or 0 for r in journal.records() if r["op"] == "run"]
+    return min(starts, default=0)
+
+
 def sync_journals(folders: list[Path]) -> None:
     """Deliver every journal's pending records (``repq tracking-sync``); one line per
     journal delivered or failed, and :class:`TrackingUndelivered` if any remain."""
-    journals = journals_under(folders)
+    journals = sorted(journals_under(folders), key=_first_start)
     failed = []
     for journal in journals:
         if journal.pending() == 0:

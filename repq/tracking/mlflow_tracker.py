@@ -4,11 +4,14 @@ the store :mod:`repq.tracking.store` resolves)."""
 
 from __future__ import annotations
 
+import functools
+import getpass
 import os
 import subprocess
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from repq.errors import TrackingError, TrackingUndelivered, first_line
 from repq.tracking.delivery import Courier
@@ -23,16 +26,47 @@ from repq.tracking.store import (
 )
 from repq.vocab import BASE_VARIANT, Stage
 
+if TYPE_CHECKING:
+    from repq.data.identity import DataRef
 
-def git_commit() -> str:
-    """The current git commit of the working directory, or ``unknown``."""
+GROUP_JOB = "group"
+"""The ``job`` tag of a parent run: the group of one architecture, variant and seed."""
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """The git commit of the working directory, or None outside a git checkout."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
         )
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return None
+
+
+SOURCES = {
+    "train": "repq train",
+    "evaluate": "repq evaluate",
+    "export": "repq export",
+    "report": "repq report tables",
+    GROUP_JOB: "repq workflow",
+}
+"""The command behind each ``job`` tag: MLflow's ``mlflow.source.name`` of its runs."""
+
+
+def source_tags(job: str) -> dict[str, str]:
+    """MLflow's own source fields (the UI's Source and Version columns): the command,
+    its kind (a local process), the git commit and the user."""
+    tags = {
+        "mlflow.source.name": SOURCES[job],
+        "mlflow.source.type": "LOCAL",
+        "mlflow.user": getpass.getuser(),
+    }
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
 
 
 def run_variant(config: dict) -> str:
@@ -48,20 +82,66 @@ def run_name(config: dict, label: str) -> str:
     return f"{config['model']['name']}/{middle}{label}"
 
 
-def run_tags(config: dict, stage: Stage, job: str) -> dict[str, str]:
-    """The tags of a job's run: architecture, task, variant, stage, method, bits, seed,
-    commit, job."""
+def group_tags(config: dict) -> dict[str, str]:
+    """The tags a job's run shares with its parent: architecture, variant, task, seed."""
     return {
         "architecture": config["model"]["name"],
         "variant": run_variant(config),
         "task": config["task"],
+        "seed": str(config["train"].get("seed", 0)),
+    }
+
+
+def run_tags(config: dict, stage: Stage, job: str) -> dict[str, str]:
+    """The tags of a job's run: architecture, variant, task, seed, stage, method, bits,
+    job, and MLflow's source fields."""
+    return {
+        **group_tags(config),
         "stage": str(stage),
         "method": stage.method or stage.name,
         "bits": str(stage.bit_width),
-        "seed": str(config["train"].get("seed", 0)),
-        "git_commit": git_commit(),
         "job": job,
+        **source_tags(job),
     }
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A run to open: its name, its tags and the parent run it nests under (a name and
+    the tags that find it, or None for a top-level run)."""
+
+    name: str
+    tags: dict[str, str]
+    parent: dict | None = None
+
+
+def stage_run(config: dict, stage: Stage, job: str, label: str) -> RunSpec:
+    """The run of one stage's job (``label``: ``qat-repq-4``, ``eval-fp``), nested under
+    the run of its architecture, variant and seed (``repvgg_a0/seed0``): the UI's tree
+    is the workflow's shape."""
+    seed = config["train"].get("seed", 0)
+    description = (
+        f"Every job of {config['model']['name']} (variant {run_variant(config)}) at seed "
+        f"{seed}: training, post-training quantization, QAT, evaluation and export. It "
+        "starts with its first job's run and ends with its last."
+    )
+    parent_tags = {
+        **group_tags(config),
+        "job": GROUP_JOB,
+        **source_tags(GROUP_JOB),
+        "mlflow.note.content": description,
+    }
+    parent = {"name": run_name(config, f"seed{seed}"), "tags": parent_tags}
+    return RunSpec(run_name(config, label), run_tags(config, stage, job), parent)
+
+
+def registered_model_name(experiment: str, config: dict, stage: Stage) -> str:
+    """The registered model of an exported stage: ``<MLflow experiment>.<architecture>
+    [.<variant>].<stage>`` (``repq-demo.repvgg_a0.qat-repq-4``); its versions are the
+    seeds' models."""
+    variant = run_variant(config)
+    middle = "" if variant == BASE_VARIANT else f".{variant}"
+    return f"{experiment}.{config['model']['name']}{middle}.{stage}"
 
 
 DELIVERY_MODES = ("live", "deferred")
@@ -114,6 +194,10 @@ class Tracker:
             return None
         return self.journal.state()["runs"].get(self.key)
 
+    def registered_name(self, config: dict, stage: Stage) -> str:
+        """The registered model of ``stage``'s exported file in this tracker's store."""
+        return registered_model_name(self.store.experiment, config, stage)
+
     def _append(self, op: str, **fields: Any) -> None:
         self.journal.append(op, key=self.key, **fields)
         if self.courier is not None:
@@ -126,35 +210,55 @@ class Tracker:
                 self.journal.append("status", key=key, status="KILLED", time=now_ms())
 
     def start(
-        self,
-        run_name: str,
-        tags: dict[str, str],
-        params: dict[str, Any],
-        started: int | None = None,
+        self, spec: RunSpec, params: dict[str, Any], started: int | None = None
     ) -> str | None:
-        """Open a new run that started at ``started`` (ms since the epoch, default now);
-        returns its journal key (what a resumed job passes back)."""
+        """Open a new run that started at ``started`` (ms since the epoch, default now),
+        nested under ``spec.parent``; returns its journal key (what a resumed job passes
+        back)."""
         if not self.enabled:
             return None
         self._end_stale_runs()
-        if self.group:
-            tags = {**tags, "pipeline": self.group}
+        tags = {**spec.tags, "pipeline": self.group} if self.group else spec.tags
         self.key = new_run_key()
-        self._append("run", name=run_name, tags=tags, time=started or now_ms())
+        self._append("run", name=spec.name, tags=tags, parent=spec.parent, time=started or now_ms())
         self._append("params", params={k: str(v) for k, v in params.items()})
         return self.key
 
     def resume(self, key: str) -> bool:
-        """Continue a run of this journal (a resumed job logs into the run it started);
-        false if the journal does not know the run (it was bound to another store)."""
+        """Continue a run of this journal (a resumed job logs into the run it started, which
+        keeps its first start; the tag ``resumed`` counts the restarts); false if the
+        journal does not know the run (it was bound to another store)."""
         if not self.enabled:
             return True
         if not self.journal.knows(key):
             return False
         self._end_stale_runs(keep=key)
         self.key = key
+        restarts = sum(r["op"] == "status" and r["status"] == "RUNNING" for r in self._own())
         self._append("status", status="RUNNING", time=now_ms())
+        self._append("tags", tags={"resumed": str(restarts + 1)})
         return True
+
+    def _own(self) -> list[dict]:
+        return [r for r in self.journal.records() if r.get("key") == self.key]
+
+    def log_input(self, data: DataRef) -> None:
+        """A data set the run read (MLflow's dataset input: name, digest, source)."""
+        if self.enabled and self.key is not None:
+            self._append("input", **asdict(data))
+
+    def log_model(self, path: str | Path, example: str | Path, name: str, tags: dict) -> None:
+        """An ONNX file as the run's MLflow model (``example``: an ``.npz`` of an input
+        and the file's output on it, the signature and input example), registered as a
+        new version of the registered model ``name`` with ``tags``."""
+        if self.enabled and self.key is not None:
+            self._append(
+                "model",
+                path=str(Path(path).resolve()),
+                example=str(Path(example).resolve()),
+                registered=name,
+                tags={k: str(v) for k, v in tags.items()},
+            )
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.enabled and self.key is not None:

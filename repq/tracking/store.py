@@ -20,6 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from repq.config import adopt_credentials
 from repq.errors import TrackingError
 
 DEFAULT_STORE = Path("results") / "mlflow.db"
@@ -33,8 +34,10 @@ def sqlite_uri(database: str | Path) -> str:
 
 
 def resolve_uri(config_uri: str | None) -> str:
-    """The tracking URI of a job: config, then environment, then the SQLite default."""
-    return config_uri or os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(DEFAULT_STORE)
+    """The tracking URI of a job: config, then environment, then the SQLite default;
+    without credentials (:func:`repq.config.adopt_credentials`)."""
+    uri = config_uri or os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(DEFAULT_STORE)
+    return adopt_credentials(uri)
 
 
 def resolve_experiment(config_name: str | None) -> str:
@@ -106,10 +109,12 @@ def artifact_location(uri: str, artifacts: str | None) -> str | None:
 
 EXPERIMENT_DESCRIPTION = (
     "repq: FP training, post-training quantization and QAT (Merged LSQ, RepQ, RepQ-BNest) of "
-    "re-parametrized networks, one run per job. Runs carry the tags architecture, variant "
-    "(base, or the ablation variant whose overrides the run has), stage, method, bits, seed, "
-    "job (train, evaluate, export, report) and pipeline (one workflow invocation); the "
-    "tables are in the report run's artefacts."
+    "re-parametrized networks, one run per job, nested under a run per architecture, variant "
+    "and seed (unfold it to see its jobs). Runs carry the tags architecture, variant (base, "
+    "or the ablation variant whose overrides the run has), stage, method, bits, seed, job "
+    "(train, evaluate, export, report; group for a parent) and pipeline (one workflow "
+    "invocation). Export runs hold the integer ONNX models, registered one registered model "
+    "per architecture and stage; the tables are in the report run's artefacts."
 )
 
 
