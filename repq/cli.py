@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from repq.config import load_config
-from repq.errors import ConfigError, RepqError
+from repq.errors import ConfigError, RepqError, message
 from repq.vocab import Stage, stage_names
 
 EPILOG = "Configs are YAML recipes (config/recipes/*.yaml); --set a.b=value overrides a key."
@@ -436,8 +436,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except RepqError as err:
-        print(f"repq {args.command}: error: {err}", file=sys.stderr)
+        print(f"repq {args.command}: error: {message(err)}", file=sys.stderr)
         return err.exit_status
+    except OSError as err:  # a path the command cannot read or write: the text names it
+        print(f"repq {args.command}: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -27,7 +27,20 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     key, value = text.split("=", 1)
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
-    return key.split("."), yaml.safe_load(value)
+    try:
+        return key.split("."), yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise ConfigError(
+            f"override {text!r}: the value is not valid YAML ({yaml_problem(err)})"
+        ) from None
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (line and column, from 1)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or type(err).__name__
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{problem}{where}"
 
 
 def apply_overrides(config: dict, overrides: list[str]) -> dict:
@@ -124,15 +137,25 @@ def validate(config: dict) -> dict:
     config = coerce_scalars(config, schema)
     problems = schema_problems(config, schema)
     if problems:
-        raise ConfigError("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+        raise ConfigError("invalid configuration: " + "; ".join(problems))
     return config
+
+
+StrictValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
+    ),
+)
+"""JSON Schema 2020-12, except that an integer is an ``int``: JSON Schema counts 64.0 as
+an integer, which the DataLoader then refuses as a batch size."""
 
 
 def schema_problems(instance: Any, schema: dict) -> list[str]:
     """What ``instance`` breaks of ``schema``, one line each (``key.path: message``),
     ordered by key."""
     errors = sorted(
-        jsonschema.Draft202012Validator(schema).iter_errors(instance),
+        StrictValidator(schema).iter_errors(instance),
         key=lambda e: [str(p) for p in e.absolute_path],
     )
     return list(
@@ -233,7 +256,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:
     try:
         config = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+        raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(err)}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return _adopt_tracking_credentials(validate(apply_overrides(config, overrides or [])))

@@ -45,3 +45,18 @@ def first_line(error: BaseException) -> str:
     """An error in one short line (its first line, or its type when it has no text)."""
     text = str(error)
     return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+WORKER_TRACEBACK = "Original Traceback"
+"""What torch's DataLoader puts in the text of an error it re-raises from a worker."""
+
+
+def message(error: BaseException) -> str:
+    """The text a command shows of ``error``: a DataLoader worker's error (re-raised by
+    torch with the worker's traceback in its text) as the worker's own message."""
+    text = str(error)
+    if WORKER_TRACEBACK not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    name = f"{type(error).__module__}.{type(error).__name__}: "
+    return last.removeprefix(name).removeprefix(f"{type(error).__name__}: ")

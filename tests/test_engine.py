@@ -178,6 +178,40 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(mini_data, tmp_path):
     assert all(torch.equal(ref_state[k], new_state[k]) for k in ref_state)
 
 
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_one_writer_per_folder_and_a_failing_rerun_changes_nothing(mini_data, tmp_path):
+    """A second job into a folder that a job is writing is refused in one line naming
+    the writer's PID, and the first ends with its own results; a failing command into a
+    finished folder (a missing --init, another tracking store) leaves its bytes as
+    they were (it once rebound the folder's journal to the new store)."""
+    overrides = sr_overrides(mini_data, epochs=4) + ["data.repeat=6", *tracking_overrides(tmp_path)]
+    out = tmp_path / "run"
+    first = subprocess.Popen(_train_cmd(out, overrides), stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out / "resume" / "last.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = subprocess.run(
+        _train_cmd(out, [*overrides, "train.seed=1"]), capture_output=True, text=True
+    )
+    assert second.returncode == 2
+    assert second.stderr.strip() == (
+        f"repq train: error: {out} is being written by another job (PID {first.pid}): wait "
+        "for it to end, or give this job another --out"
+    )
+    assert first.wait(timeout=300) == 0
+    assert json.loads((out / "config.json").read_text())["train"].get("seed", 0) == 0
+
+    before = _folder_bytes(out)
+    elsewhere = [f"tracking.uri=sqlite:///{tmp_path / 'other.db'}"]
+    args = ["train", str(RECIPES / "ecbsr.yaml"), "--stage", "qat-repq-4", "--out", str(out)]
+    args += ["--init", str(tmp_path / "missing.pt"), *as_args(overrides + elsewhere)]
+    assert main(args) == 2
+    assert _folder_bytes(out) == before
+
+
 def test_two_process_ddp_matches_one_process(mini_data, tmp_path):
     """ECBSR has no BN, so two gloo processes with half the batch each see exactly the
     single-process batches and their averaged gradients equal the single-process ones up

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 
@@ -88,6 +89,9 @@ def test_wrong_number_of_classes_is_named(capsys, tmp_path, mini_data):
             "'ecbsr']; or 'vgg' does not match '^timm/",
         ),
         ("train.lr.fp=-1", "train.lr.fp: -1 is less than or equal to the minimum of 0"),
+        # JSON Schema counts 64.0 as an integer; the DataLoader then raised ValueError
+        ("train.batch_size=64.0", "train.batch_size: 64.0 is not of type 'integer'"),
+        ("train.epochs=1e0", "train.epochs: 1.0 is not of type 'integer'"),
     ],
 )
 def test_wrong_config_names_the_key(capsys, tmp_path, mini_data, override, named):
@@ -97,6 +101,69 @@ def test_wrong_config_names_the_key(capsys, tmp_path, mini_data, override, named
 
 def test_malformed_override_is_named(capsys, tmp_path, mini_data):
     assert "train.epochs" in _fp(capsys, tmp_path, "ecbsr.yaml", ["train.epochs"])
+
+
+def _one_line(err: str) -> str:
+    """The error of a command: exactly one line, no traceback (MLflow's own INFO lines
+    when a job opens a new store aside)."""
+    lines = [line for line in err.splitlines() if not re.match(r"[\d/]+ [\d:]+ INFO ", line)]
+    assert len(lines) == 1 and lines[0].startswith("repq "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        (
+            "train.epochs=[1,",
+            "override 'train.epochs=[1,': the value is not valid YAML (expected the node "
+            "content, but found '<stream end>' at line 1, column 4)",
+        ),
+        (
+            "model.kwargs.bogus=1",
+            "model.kwargs.bogus: ecbsr takes no argument 'bogus' (it takes m, c, scale, "
+            "colors, with_idt)",
+        ),
+    ],
+)
+def test_a_bad_override_value_is_one_line(capsys, tmp_path, mini_data, override, line):
+    """Once tracebacks: yaml's ParserError, and the model's TypeError."""
+    err = _fp(capsys, tmp_path, "ecbsr.yaml", sr_overrides(mini_data) + [override])
+    assert _one_line(err) == f"repq train: error: {line}"
+
+
+def test_a_recipe_that_is_not_yaml_is_one_line_with_the_position(capsys, tmp_path):
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text("model:\n  name: ecbsr\n train: [\n")
+    err = _one_line(_run(capsys, str(recipe), [], "--stage", "fp", "--out", str(tmp_path / "o")))
+    assert (
+        err.endswith(
+            "is not valid YAML: expected <block end>, but found '<block sequence "
+            "start>' at line 3, column 2"
+        )
+        or "at line 3, column 2" in err
+    ), err
+
+
+def test_an_out_folder_under_a_file_is_named(capsys, tmp_path, mini_data):
+    """Once ``NotADirectoryError`` from the tracking journal."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    overrides = sr_overrides(mini_data) + tracking_overrides(tmp_path)
+    err = _run(capsys, "ecbsr.yaml", overrides, "--stage", "fp", "--out", str(blocker / "out"))
+    assert _one_line(err) == (
+        f"repq train: error: cannot write the folder {blocker / 'out'}: Not a directory"
+    )
+
+
+def test_an_unreadable_image_found_by_a_worker_is_one_line(capsys, tmp_path, cls_copy):
+    """Images not checked at start-up are read in DataLoader workers, whose error torch
+    re-raises with the worker's traceback in its text: the command shows its cause."""
+    bad = sorted((cls_copy / "cls" / "train" / "moon").iterdir())[3]
+    bad.write_bytes(b"not a png at all")
+    overrides = [*cls_overrides(cls_copy), "data.workers=2", "data.verify_images=false"]
+    err = _one_line(_fp(capsys, tmp_path, "ac_resnet18.yaml", overrides))
+    assert err.startswith(f"repq train: error: unreadable image {bad}")
 
 
 def _trained(tmp_path, overrides) -> dict:
@@ -128,7 +195,9 @@ def test_bad_checkpoints_are_named(capsys, tmp_path, mini_data):
     fp = tmp_path / "fp" / "model.pt"
     assert "starts from a 'fp-bnest' checkpoint" in _qat(capsys, overrides, fp, tmp_path, "bnest")
     other = overrides + ["model.kwargs.c=12"]
-    assert f"checkpoint {fp} does not fit this model" in _qat(capsys, other, fp, tmp_path)
+    err = _one_line(_qat(capsys, other, fp, tmp_path))  # it was 21.5 KB of keys
+    assert f"checkpoint {fp} does not fit this model: shape " in err and " more" in err
+    assert len(err) < 500
 
 
 def test_corrupt_resume_checkpoint_is_named(capsys, tmp_path, mini_data):

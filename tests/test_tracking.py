@@ -30,7 +30,7 @@ from repq.tracking import (
     runs_url,
     stage_run,
 )
-from repq.tracking.delivery import deliver
+from repq.tracking.delivery import _parent_id, deliver
 from repq.tracking.journal import bind_store, stored_store
 from repq.tracking.store import Store
 from repq.vocab import Stage
@@ -327,8 +327,10 @@ def test_a_resumed_run_keeps_its_first_start_and_counts_its_restarts(tmp_path):
 
 def test_jobs_of_one_group_delivered_at_once_share_one_parent(tmp_path):
     """Four jobs of one architecture, variant and seed start together (a quantized
-    variant's first jobs) and each creates the group's run if it finds none: one stays,
-    the others' are deleted, and every job nests under it."""
+    variant's first jobs) and each creates the group's run if it finds none: there is
+    one, every job nests under it and it ends with the last (on SQLite a lock beside
+    the store serializes them). Without the lock (a server), each creates one and
+    the earliest created is elected: the others' are deleted."""
     store = _store(tmp_path)
     config = {"model": {"name": "a0"}, "task": "classification", "train": {"seed": 1}}
     config["tracking"] = {"variant": "lr_x2"}
@@ -364,3 +366,54 @@ def test_jobs_of_one_group_delivered_at_once_share_one_parent(tmp_path):
     assert len(children) == 4
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
     assert parent.info.end_time == max(r.info.end_time for r in children)
+
+    other = {**spec.parent, "tags": {**spec.parent["tags"], "seed": "2"}}
+    elected: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def elect() -> None:
+        barrier.wait()
+        elected.append(_parent_id(client, parent.info.experiment_id, other, now_ms(), 1.0))
+
+    threads = [threading.Thread(target=elect) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    live = client.search_runs([parent.info.experiment_id], "tags.seed = '2'")
+    assert len(live) == 1 and set(elected) == {live[0].info.run_id}
+
+
+FIRST_JOB = """
+import sys, time
+from repq.tracking import RunSpec, Tracker
+uri, folder, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+time.sleep(max(0.0, start - time.time()))  # every job opens the new store at once
+tracker = Tracker({"uri": uri, "experiment": "fresh"}, folder + "/tracking.jsonl")
+tracker.start(RunSpec(folder, {"job": "train"}), {"seed": folder[-1]})
+tracker.log_metrics({"loss": 1.0}, 0)
+tracker.finish()
+tracker.close(60)
+"""
+
+
+def test_four_jobs_started_at_once_on_a_new_store_all_log_their_runs(tmp_path):
+    """A new SQLite store and its experiment are made by one job at a time (a lock
+    beside the database): MLflow's own table creation raced (``table registered_models
+    already exists``) and one of two jobs died at start-up."""
+    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    start = time.time() + 8  # after every interpreter has imported MLflow
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, "-c", FIRST_JOB, uri, str(tmp_path / f"job{i}"), str(start)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    errors = [job.communicate(timeout=300)[1] for job in jobs]
+    assert [job.returncode for job in jobs] == [0] * 4, errors
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("fresh").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == [str(tmp_path / f"job{i}") for i in range(4)]
+    assert {r.info.status for r in runs} == {"FINISHED"}

@@ -35,9 +35,39 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
     return content
 
 
+def _some(keys: list[str], shown: int = 3) -> str:
+    """The first ``shown`` keys and how many more."""
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
+
+
+def state_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """What keeps ``state`` from loading into ``model``, in one line (the first keys
+    missing, unexpected and of another shape, each with how many more), or None."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} for {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and getattr(state[k], "shape", None) != v.shape
+    ]
+    parts = [
+        f"{label} {_some(keys)}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes))
+        if keys
+    ]
+    return "; ".join(parts) or None
+
+
 def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict`` with an error that names the checkpoint on any mismatch."""
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {source} does not fit this model: {err}") from err
+    """``load_state_dict`` with a one-line error that names the checkpoint and
+    summarises the mismatch."""
+    problem = state_mismatch(model, state)
+    if problem is None:
+        try:
+            model.load_state_dict(state)
+            return
+        except RuntimeError as err:
+            problem = first_line(err)
+    raise CheckpointError(f"checkpoint {source} does not fit this model: {problem}")

@@ -43,7 +43,7 @@ from repq.engine.optim import (
 )
 from repq.engine.tasks import Task, make_task
 from repq.errors import ConfigError, TrackingUndelivered, TrainingDiverged
-from repq.files import atomic_write
+from repq.files import atomic_write, sole_writer
 from repq.qat import calibrate, precision_tsv
 from repq.qat.health import clipped_fractions, float_health_rows, health_csv, health_rows
 from repq.quant.init import QuantInit
@@ -112,9 +112,6 @@ class Trainer:
         torch.set_num_threads(max(1, job.threads))
         torch.manual_seed(self.train_cfg.get("seed", 0))
         self.task: Task = make_task(job.config)
-        self.tracker = Tracker(
-            job.config.get("tracking", {}), job.out / "tracking.jsonl", enabled=self.ctx.is_main
-        )
         self.cuda = self.ctx.device.type == "cuda"
         numerics = stage_numerics(job.config["train"], job.stage)
         self.amp = self.cuda and numerics.amp
@@ -136,6 +133,9 @@ class Trainer:
         self.epochs = self.train_cfg["epochs"]
         self.val_every = self.train_cfg.get("val_every", 1)
         self.clip_grad_norm = self.train_cfg.get("clip_grad_norm")
+        self.tracker = Tracker(  # checks the store; writes nothing before the run starts
+            job.config.get("tracking", {}), job.out / "tracking.jsonl", enabled=self.ctx.is_main
+        )
         self.scheduler = make_scheduler(
             self.optimizer, self.train_cfg, self.epochs, len(self.loader)
         )
@@ -321,7 +321,16 @@ class Trainer:
                 self.tracker.log_input(data)
 
     def run(self) -> dict:
-        """Train to the last epoch and write the outputs; returns the final metrics."""
+        """Train to the last epoch and write the outputs; returns the final metrics.
+        Everything was checked when the trainer was made: the output and resume folders
+        are touched only now, by this job alone (:func:`repq.files.sole_writer`)."""
+        with contextlib.ExitStack() as held:
+            if self.ctx.is_main:
+                held.enter_context(sole_writer(self.job.out))
+                held.enter_context(sole_writer(self.job.resume_path.parent))
+            return self._run()
+
+    def _run(self) -> dict:
         self.startup_cpu, self.started = time.process_time(), now_ms()
         try:
             resumed = self._try_resume()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
 
+from repq.errors import ConfigError
 from repq.models.ecbsr import ECBSR
 from repq.models.repvgg import RepVGG, repvgg_a0, repvgg_b0
 from repq.models.resnet import ResNet18, ac_resnet18, orepa_resnet18, resnet18
@@ -38,8 +40,22 @@ def create(name: str, **kwargs) -> nn.Module:
     try:
         factory = _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}") from None
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(available())}") from None
+    _check_kwargs(name, factory, kwargs)
     return factory(**kwargs)
+
+
+def _check_kwargs(name: str, factory, kwargs: dict) -> None:
+    """Refuse ``model.kwargs`` the factory does not take, naming those it does."""
+    parameters = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(set(kwargs) - set(parameters))
+    if unknown:
+        raise ConfigError(
+            f"model.kwargs.{unknown[0]}: {name} takes no argument {unknown[0]!r} "
+            f"(it takes {', '.join(parameters)})"
+        )
 
 
 __all__ = ["ECBSR", "NORM_FREE", "RepVGG", "ResNet18", "available", "create"]

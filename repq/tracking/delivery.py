@@ -14,23 +14,20 @@ from pathlib import Path
 from repq.errors import TrackingUndelivered, first_line
 from repq.tracking.journal import Journal, journals_under, stored_store
 from repq.tracking.registry import register_model
-from repq.tracking.store import Store, artifact_location, bound_http_retries
+from repq.tracking.store import Store, bound_http_retries, serialized
 
 log = logging.getLogger("repq")
 
 
-def _experiment_id(client, store: Store) -> str:
-    experiment = client.get_experiment_by_name(store.experiment)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = artifact_location(store.uri, store.artifacts)
-    return client.create_experiment(store.experiment, artifact_location=location)
-
-
 PARENT_TAG = "mlflow.parentRunId"
 CREATED_TAG = "repq.created_ns"
-"""When delivery created a parent run (ns): of two jobs that created the same parent at
-once, the later one's is deleted and both nest under the earlier."""
+"""When delivery created a parent run (ns): of jobs that created the same parent at
+once, all nest under the earliest and the others' are deleted."""
+
+ELECTION_WAIT = 1.0
+"""Seconds a job waits after creating a parent on a server before it looks which one
+won: every parent created at the same time is then visible to each job, so all elect
+the same one (a SQLite store needs no wait: its lock lets one job at a time in)."""
 
 
 def _find_parent(client, experiment_id: str, parent: dict) -> list:
@@ -41,45 +38,54 @@ def _find_parent(client, experiment_id: str, parent: dict) -> list:
     return sorted(found, key=lambda r: (int(r.data.tags.get(CREATED_TAG, 0)), r.info.run_id))
 
 
-def _parent_id(client, experiment_id: str, parent: dict, started: int) -> str:
-    """The run of a job's group, created (starting with this job) where it is missing."""
+def _parent_id(client, experiment_id: str, parent: dict, started: int, wait: float) -> str:
+    """The run of a job's group, created (starting with this job) where it is missing;
+    ``wait``: seconds between creating one and electing the earliest."""
     found = _find_parent(client, experiment_id, parent)
     if found:
         return found[0].info.run_id
     tags = {**parent["tags"], CREATED_TAG: str(time.time_ns())}
     own = client.create_run(experiment_id, started, tags, run_name=parent["name"])
+    time.sleep(wait)
     winner = _find_parent(client, experiment_id, parent)[0].info.run_id
     if winner != own.info.run_id:
         client.delete_run(own.info.run_id)
     return winner
 
 
-def _settle_parent(client, run_id: str) -> None:
-    """A parent runs while a child runs, and ends when its last child ends."""
-    parent_id = client.get_run(run_id).data.tags.get(PARENT_TAG)
-    if parent_id is None:
-        return
-    experiment_id = client.get_run(parent_id).info.experiment_id
-    children = client.search_runs(
-        [experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=10_000
-    )
-    if any(c.info.status == "RUNNING" for c in children):
-        client.update_run(parent_id, status="RUNNING")
-        return
-    end = max(c.info.end_time or c.info.start_time for c in children)
-    client.set_terminated(parent_id, "FINISHED", end_time=end)
+def _settle_parent(client, store: Store, parent_id: str) -> None:
+    """A parent runs while one of its jobs runs, and ends at the latest end of its jobs
+    (computed from the jobs, so that two jobs ending at once cannot lose one's end; a
+    SQLite store is settled by one process at a time)."""
+    children = f"tags.`{PARENT_TAG}` = '{parent_id}'"
+    with serialized(store.uri):
+        experiment_id = client.get_run(parent_id).info.experiment_id
+        running = client.search_runs(
+            [experiment_id], f"{children} and attributes.status = 'RUNNING'", max_results=1
+        )
+        if running:
+            client.update_run(parent_id, status="RUNNING")
+            return
+        (last,) = client.search_runs(
+            [experiment_id], children, order_by=["attributes.end_time DESC"], max_results=1
+        )
+        client.set_terminated(parent_id, "FINISHED", end_time=last.info.end_time)
 
 
 def _open_run(client, store: Store, record: dict) -> str:
     """Create a job's run (from its job's start, not its delivery) under its parent."""
-    experiment_id = _experiment_id(client, store)
+    experiment_id = store.experiment_id(client)
     tags = dict(record["tags"])
     if record.get("parent"):
-        tags[PARENT_TAG] = _parent_id(client, experiment_id, record["parent"], record.get("time"))
+        wait = 0.0 if store.uri.startswith("sqlite:///") else ELECTION_WAIT
+        with serialized(store.uri):
+            parent = _parent_id(client, experiment_id, record["parent"], record["time"], wait)
+        tags[PARENT_TAG] = parent
     run = client.create_run(
         experiment_id, run_name=record["name"], tags=tags, start_time=record.get("time")
     )
-    _settle_parent(client, run.info.run_id)
+    if PARENT_TAG in tags:
+        _settle_parent(client, store, tags[PARENT_TAG])
     return run.info.run_id
 
 
@@ -119,7 +125,7 @@ def _send(client, store: Store, record: dict, runs: dict[str, str]) -> None:
     elif op == "input":
         _log_input(client, run_id, record)
     elif op == "model":
-        register_model(client, run_id, record)
+        register_model(client, store.uri, run_id, record)
     elif op == "artifact":
         if Path(record["path"]).exists():
             client.log_artifact(run_id, record["path"], record.get("folder"))
@@ -128,19 +134,22 @@ def _send(client, store: Store, record: dict, runs: dict[str, str]) -> None:
             client.update_run(run_id, status="RUNNING")
         else:
             client.set_terminated(run_id, record["status"], end_time=record.get("time"))
-        _settle_parent(client, run_id)
+        parent_id = client.get_run(run_id).data.tags.get(PARENT_TAG)
+        if parent_id:
+            _settle_parent(client, store, parent_id)
 
 
-def deliver(journal: Journal, store: Store) -> int:
-    """Deliver the journal's pending records in order, saving progress after each;
-    returns how many were delivered. An error of the store is raised after the records
-    before it are saved as delivered."""
+def deliver(journal: Journal, store: Store, client=None) -> int:
+    """Deliver the journal's pending records in order (through ``client``, default a
+    new one of ``store``), saving progress after each; returns how many were
+    delivered. An error of the store is raised after the records before it are saved as
+    delivered."""
     with journal.delivering():
         state = journal.state()
         records = journal.records()[state["delivered"] :]
         if not records:
             return 0
-        client = store.client()
+        client = client or store.client()
         for record in records:
             _send(client, store, record, state["runs"])
             state["delivered"] += 1
@@ -210,6 +219,7 @@ def sync_journals(folders: list[Path]) -> None:
     """Deliver every journal's pending records (``repq tracking-sync``); one line per
     journal delivered or failed, and :class:`TrackingUndelivered` if any remain."""
     journals = sorted(journals_under(folders), key=_first_start)
+    clients: dict[str, object] = {}  # one per store: opening one costs 0.1 s
     failed = []
     for journal in journals:
         if journal.pending() == 0:
@@ -217,7 +227,8 @@ def sync_journals(folders: list[Path]) -> None:
         store = stored_store(journal)
         bound_http_retries(store.uri)
         try:
-            count = deliver(journal, store)
+            client = clients.get(store.uri) or clients.setdefault(store.uri, store.client())
+            count = deliver(journal, store, client)
             print(f"{journal.path}: {count} records delivered to {store.uri}")
         except Exception as err:  # reported, then the next journal
             failed.append(journal)

@@ -15,7 +15,6 @@ Records (``op``): ``run`` (a new run: name, tags and start time), ``params``, ``
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import uuid
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from repq.errors import ConfigError
-from repq.files import atomic_write
+from repq.files import atomic_write, locked
 from repq.tracking.store import Store
 
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
@@ -98,13 +97,8 @@ class Journal:
     def delivering(self) -> Iterator[None]:
         """Hold the journal's delivery lock (a job and ``tracking-sync`` never both
         deliver the same records)."""
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with locked(self.lock_path):
+            yield
 
 
 def new_run_key() -> str:

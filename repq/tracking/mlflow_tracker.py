@@ -8,7 +8,6 @@ import functools
 import getpass
 import os
 import subprocess
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ from repq.tracking.store import (
     bound_http_retries,
     check_reachable,
     ensure_experiment,
+    now_ms,
     resolve_experiment,
     resolve_uri,
 )
@@ -184,7 +184,7 @@ class Tracker:
         else:
             ensure_experiment(uri, self.store.experiment, self.store.artifacts)
         self.journal = Journal(journal)
-        bind_store(self.journal, self.store)
+        self.bound = False  # the journal's folder is touched by the first run, not before
         self.courier = None if self.deferred else Courier(self.journal, self.store)
 
     @property
@@ -217,6 +217,7 @@ class Tracker:
         back)."""
         if not self.enabled:
             return None
+        self._bind()
         self._end_stale_runs()
         tags = {**spec.tags, "pipeline": self.group} if self.group else spec.tags
         self.key = new_run_key()
@@ -230,6 +231,7 @@ class Tracker:
         journal does not know the run (it was bound to another store)."""
         if not self.enabled:
             return True
+        self._bind()
         if not self.journal.knows(key):
             return False
         self._end_stale_runs(keep=key)
@@ -238,6 +240,12 @@ class Tracker:
         self._append("status", status="RUNNING", time=now_ms())
         self._append("tags", tags={"resumed": str(restarts + 1)})
         return True
+
+    def _bind(self) -> None:
+        """Bind the journal to this tracker's store (:func:`bind_store`), once."""
+        if not self.bound:
+            bind_store(self.journal, self.store)
+            self.bound = True
 
     def _own(self) -> list[dict]:
         return [r for r in self.journal.records() if r.get("key") == self.key]
@@ -295,11 +303,6 @@ class Tracker:
             f"({_reason(self.courier.error)}); they are kept in {self.journal.path}: "
             f"`repq tracking-sync {self.journal.path.parent}` delivers them"
         )
-
-
-def now_ms() -> int:
-    """Now, in milliseconds since the epoch (MLflow's timestamps)."""
-    return int(time.time() * 1000)
 
 
 def _reason(error: BaseException | None) -> str:

@@ -14,18 +14,27 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from repq.config import adopt_credentials
 from repq.errors import TrackingError
+from repq.files import locked
 
 DEFAULT_STORE = Path("results") / "mlflow.db"
 DEFAULT_EXPERIMENT = "repq"
 ARTIFACTS_BESIDE_STORE = "mlartifacts"
+
+
+def now_ms() -> int:
+    """Now, in milliseconds since the epoch (MLflow's timestamps)."""
+    return int(time.time() * 1000)
 
 
 def sqlite_uri(database: str | Path) -> str:
@@ -118,23 +127,57 @@ EXPERIMENT_DESCRIPTION = (
 )
 
 
+@contextmanager
+def serialized(uri: str) -> Iterator[None]:
+    """One process at a time creates a SQLite store's tables or an experiment in it (a
+    file lock beside the database): jobs started at once on a new store all open it."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    with locked(database.with_name(database.name + ".lock")):
+        yield
+
+
+def open_client(uri: str):
+    """An MLflow client of ``uri`` whose store exists (a new SQLite store's tracking and
+    registry tables are made here, under :func:`serialized`)."""
+    from mlflow.tracking import MlflowClient
+
+    with serialized(uri):  # making the client makes the store's tables
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)
+    return client
+
+
+def experiment_id(client, uri: str, name: str, artifacts: str | None, tags=None) -> str:
+    """The id of experiment ``name``, created (with ``tags``) if missing; of two jobs
+    that create it at once, the second takes the first's."""
+    from mlflow.exceptions import MlflowException
+
+    with serialized(uri):
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = artifact_location(uri, artifacts)
+        try:
+            return client.create_experiment(name, artifact_location=location, tags=tags)
+        except MlflowException as err:  # a server where another job created it just now
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return client.get_experiment_by_name(name).experiment_id
+
+
 def ensure_experiment(uri: str, name: str, artifacts: str | None = None) -> str:
     """Create the tracking store (if SQLite) and the experiment, with its description
     (the UI's ``mlflow.note.content``); returns its id."""
     import mlflow
-    from mlflow.tracking import MlflowClient
 
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(
-        name,
-        artifact_location=artifact_location(uri, artifacts),
-        tags={"mlflow.note.content": EXPERIMENT_DESCRIPTION},
-    )
+    tags = {"mlflow.note.content": EXPERIMENT_DESCRIPTION}
+    return experiment_id(open_client(uri), uri, name, artifacts, tags)
 
 
 def runs_url(uri: str, experiment_id: str, ui: str = "http://127.0.0.1:5000") -> str:
@@ -161,6 +204,7 @@ class Store:
     artifacts: str | None = None
 
     def client(self):
-        from mlflow.tracking import MlflowClient
+        return open_client(self.uri)
 
-        return MlflowClient(self.uri)
+    def experiment_id(self, client) -> str:
+        return experiment_id(client, self.uri, self.experiment, self.artifacts)
