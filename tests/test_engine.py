@@ -187,7 +187,11 @@ def test_one_writer_per_folder_and_a_failing_rerun_changes_nothing(mini_data, tm
     the writer's PID, and the first ends with its own results; a failing command into a
     finished folder (a missing --init, another tracking store) leaves its bytes as
     they were (it once rebound the folder's journal to the new store)."""
-    overrides = sr_overrides(mini_data, epochs=4) + ["data.repeat=6", *tracking_overrides(tmp_path)]
+    # 40 epochs: the first job still trains when the second has started (about 5 s)
+    overrides = sr_overrides(mini_data, epochs=40) + [
+        "data.repeat=6",
+        *tracking_overrides(tmp_path),
+    ]
     out = tmp_path / "run"
     first = subprocess.Popen(_train_cmd(out, overrides), stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -196,6 +200,7 @@ def test_one_writer_per_folder_and_a_failing_rerun_changes_nothing(mini_data, tm
     second = subprocess.run(
         _train_cmd(out, [*overrides, "train.seed=1"]), capture_output=True, text=True
     )
+    assert first.poll() is None, "the first job ended before the second started"
     assert second.returncode == 2
     assert second.stderr.strip() == (
         f"repq train: error: {out} is being written by another job (PID {first.pid}): wait "
