@@ -242,14 +242,21 @@ def test_repq_export_verifies_a_trained_model_and_logs_it(mini_data, tmp_path, c
         "model.onnx",
         "export.json",
     }
-    # a float model and a corrupt file: one line each, exit status 2
+    # a float model, a corrupt file and a missing one: one line each, exit status 2, and
+    # nothing written beside them (the journal's state and lock were) nor any folder made
+    before = {p: p.read_bytes() for p in fp.rglob("*") if p.is_file()}
     assert main(["export", str(fp / "model.pt"), "--no-verify"]) == 2
+    assert {p: p.read_bytes() for p in fp.rglob("*") if p.is_file()} == before
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
     assert main(["export", str(corrupt)]) == 2
+    missing = tmp_path / "nowhere" / "model.pt"
+    assert main(["export", str(missing)]) == 2
+    assert not missing.parent.exists()
     errors = capsys.readouterr().err.strip().splitlines()
-    assert errors[-2].startswith("repq export: error: ") and "holds a float fp model" in errors[-2]
-    assert "is corrupt or unreadable" in errors[-1] and len(errors[-1].splitlines()) == 1
+    assert errors[-3].startswith("repq export: error: ") and "holds a float fp model" in errors[-3]
+    assert "is corrupt or unreadable" in errors[-2]
+    assert errors[-1] == f"repq export: error: checkpoint {missing} does not exist"
 
 
 def test_a_graph_traced_once_serves_every_model_of_its_shape(tmp_path):

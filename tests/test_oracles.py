@@ -5,6 +5,7 @@ function, for outputs, gradients and running statistics."""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -224,3 +225,94 @@ def test_an_identity_branch_with_a_bias_runs_its_batch_statistics_with_the_bias(
     layer = set_quantizers(RepQConv(copy.deepcopy(block), LayerPrecision("b", 8, 8, True)), False)
     expected = copy.deepcopy(block).train()(x)  # BN on x + b with the batch's statistics
     assert rel_err(layer.train()(x), expected) < 5e-15
+
+
+def _dct_basis(channels: int, k: int) -> Tensor:
+    """OREPA's frequency prior written out tap by tap: for the first half of the output
+    channels ``cos(pi (h + 1/2) (i + 1) / k)`` along rows, for the second half
+    ``cos(pi (w + 1/2) (i + 1 - C/2) / k)`` along columns."""
+    basis = torch.empty(channels, k, k, dtype=torch.float64)
+    half = channels / 2
+    for i in range(channels):
+        for h in range(k):
+            for w in range(k):
+                if i < half:
+                    basis[i, h, w] = math.cos(math.pi * (h + 0.5) * (i + 1) / k)
+                else:
+                    basis[i, h, w] = math.cos(math.pi * (w + 0.5) * (i + 1 - half) / k)
+    return basis
+
+
+def _orepa_branches_applied(gen, x: Tensor) -> Tensor:
+    """OREPA's six branches as the network they stand for, each applied to ``x`` with
+    its own convolutions and pooling (stride 1, zero padding), scaled per output
+    channel and summed; no kernel is composed."""
+    k, g, pad = gen.k, gen.groups, gen.k // 2
+    cin = gen.in_channels // g
+    p = {n: t.double() for n, t in gen.named_parameters()}
+    origin = F.conv2d(x, p["origin"], padding=pad, groups=g)
+    # 1x1, then a k x k average over the zero-padded map
+    avg = F.avg_pool2d(F.conv2d(x, p["avg"], groups=g), k, 1, pad, count_include_pad=True)
+    # 1x1 times the fixed prior: every input channel filtered by its output's basis
+    basis = _dct_basis(gen.out_channels, k)
+    per_group = gen.out_channels // g
+    prior = torch.stack(
+        [
+            sum(
+                p["prior"][o, i, 0, 0]
+                * F.conv2d(
+                    x[:, (o // per_group) * cin + i][:, None], basis[o][None, None], padding=pad
+                )[:, 0]
+                for i in range(cin)
+            )
+            for o in range(gen.out_channels)
+        ],
+        dim=1,
+    )
+    # a learnable 1x1 plus the identity, then k x k
+    internal = p["pw_kxk_1"].shape[0]
+    identity = torch.zeros(internal, cin, 1, 1, dtype=torch.float64)
+    for t in range(internal):
+        identity[t, t % cin, 0, 0] = 1.0
+    hidden = F.conv2d(x, p["pw_kxk_1"] + identity, groups=g)
+    pw_kxk = F.conv2d(hidden, p["pw_kxk_2"], padding=pad, groups=g)
+    one = F.conv2d(x, p["one"], groups=g)
+    # depthwise k x k (8 filters per input channel), then a 1x1
+    dw = F.conv2d(x, p["dw"], padding=pad, groups=gen.in_channels)
+    dw_pw = F.conv2d(dw, p["dw_pw"], groups=g)
+    outputs = [origin, avg, prior, pw_kxk, one, dw_pw]
+    scales = p["scales"]
+    return sum(scales[b][None, :, None, None] * out for b, out in enumerate(outputs))
+
+
+@pytest.mark.parametrize(("cin", "cout", "groups"), [(4, 6, 1), (4, 8, 2)])
+def test_orepas_generated_kernel_equals_its_six_branches_applied_one_by_one(cin, cout, groups):
+    """The kernel OREPA generates, convolved once, equals the six branches of the
+    official formulation applied one after another (each branch's own convolutions,
+    the prior's basis written out in the test): a change of one branch's formula, such
+    as the prior basis's absolute value, fails here."""
+    from repq.reparam.orepa import OREPAKernel
+
+    torch.manual_seed(0)
+    gen = OREPAKernel(cin, cout, 3, groups)
+    with torch.no_grad():
+        for parameter in gen.parameters():
+            parameter.normal_(0, 0.5)  # every branch and scale counts, the zero-init too
+    x = torch.randn(2, cin, 7, 7, dtype=torch.float64)
+    expected = _orepa_branches_applied(gen, x)
+    kernel = gen().double()  # generated in float32: measured relative error 7e-8 to 1.4e-7
+    assert rel_err(F.conv2d(x, kernel, padding=1, groups=groups), expected) < 1e-6
+
+
+def test_orepas_large_kernel_equals_its_stacked_generators():
+    """The 7x7 stem kernel, convolved once without padding, equals its three 3x3
+    generators applied one after another (valid convolutions)."""
+    from repq.reparam.orepa import OREPALargeConv
+
+    torch.manual_seed(1)
+    stem = OREPALargeConv(3, 4, 7)
+    x = torch.randn(2, 3, 13, 13, dtype=torch.float64)
+    stacked = x
+    for generator in stem.generators:
+        stacked = F.conv2d(stacked, generator().double())
+    assert rel_err(F.conv2d(x, stem.generate().double()), stacked) < 1e-6  # float32 kernels
