@@ -428,6 +428,8 @@ def _check_run_tree_and_registry(server: MlflowServer, exports: int) -> None:
     for version in versions:
         run = client.get_run(version.run_id)
         assert run.data.tags["job"] == "export" and version.version == "1"
+        assert version.tags["bits"] == "4" and version.tags["seed"] == "0"
+        assert version.tags["method"] == run.data.tags["method"]
         assert version.tags["weight_codes_equal"] == "True"
         assert "top1_agreement" in version.tags or "max_abs_diff" in version.tags
 
@@ -702,5 +704,8 @@ def test_the_workflow_runs_on_slurm_and_a_cancelled_job_resumes(tmp_path):
     client = MlflowClient(f"sqlite:///{workdir / 'results' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("micro").experiment_id])
     jobs = sorted(r.data.tags["job"] for r in runs)
-    assert jobs == ["evaluate", "evaluate", "export", "report", "train", "train"]
+    assert jobs == ["evaluate", "evaluate", "export", "group", "report", "train", "train"]
     assert {r.info.status for r in runs} == {"FINISHED"}
+    # the cancelled job's run went on in its retry: its first start, a restart counted
+    (fp,) = [r for r in runs if r.data.tags.get("stage") == "fp" and r.data.tags["job"] == "train"]
+    assert fp.data.tags["resumed"] == "1"
