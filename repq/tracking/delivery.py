@@ -38,7 +38,7 @@ def _find_parent(client, experiment_id: str, parent: dict) -> list:
     return sorted(found, key=lambda r: (int(r.data.tags.get(CREATED_TAG, 0)), r.info.run_id))
 
 
-def _parent_id(client, experiment_id: str, parent: dict, started: int, wait: float) -> str:
+def _parent_id(client, experiment_id: str, parent: dict, started: int | None, wait: float) -> str:
     """The run of a job's group, created (starting with this job) where it is missing;
     ``wait``: seconds between creating one and electing the earliest."""
     found = _find_parent(client, experiment_id, parent)
@@ -79,7 +79,7 @@ def _open_run(client, store: Store, record: dict) -> str:
     if record.get("parent"):
         wait = 0.0 if store.uri.startswith("sqlite:///") else ELECTION_WAIT
         with serialized(store.uri):
-            parent = _parent_id(client, experiment_id, record["parent"], record["time"], wait)
+            parent = _parent_id(client, experiment_id, record["parent"], record.get("time"), wait)
         tags[PARENT_TAG] = parent
     run = client.create_run(
         experiment_id, run_name=record["name"], tags=tags, start_time=record.get("time")

@@ -8,9 +8,11 @@ the job's end, a restarted job or ``repq tracking-sync`` delivers it later. Whic
 records reached the store, and the store's run id of each journal run, live in a state
 file beside the journal, replaced atomically after every record.
 
-Records (``op``): ``run`` (a new run: name, tags and start time), ``params``, ``metrics``
-(with step and time), ``artifact`` (a file's path, read when delivered) and ``status``
-(``RUNNING`` when a job resumes a run; ``FINISHED``, ``FAILED`` or ``KILLED`` at its end).
+Records (``op``): ``run`` (a new run: name, tags, start time and the parent it nests
+under), ``params``, ``metrics`` (with step and time), ``tags``, ``input`` (a data set:
+name, source, digest, use), ``artifact`` (a file's path, read when delivered), ``model``
+(an ONNX file to log and register) and ``status`` (``RUNNING`` when a job resumes a run;
+``FINISHED``, ``FAILED`` or ``KILLED`` at its end).
 """
 
 from __future__ import annotations
