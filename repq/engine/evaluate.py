@@ -23,7 +23,7 @@ def _evaluate_one(task: Task, tracker: Tracker, ctx: Context, config: dict, path
     name = content["config"]["model"]["name"]
     spec = stage_run(content["config"], stage, "evaluate", f"eval-{stage}")
     tracker.start(spec, {**flatten(config), "model_file": str(path)})
-    for data in task.data_refs():
+    for data in task.data_refs:
         tracker.log_input(data)
     try:
         scores = task.scores(deploy_form(model.to(ctx.device), stage), ctx.device)

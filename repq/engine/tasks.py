@@ -7,6 +7,7 @@ epoch) are the facts of :data:`repq.vocab.TASKS`.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -71,10 +72,14 @@ class Task(ABC):
     def is_better(self, metrics: dict[str, float], best: float | None) -> bool:
         return best is None or self.select == "last" or metrics[self.primary] > best
 
-    @abstractmethod
+    @functools.cached_property
     def data_refs(self) -> list[DataRef]:
         """The data sets the task reads (the training set only if built), for the runs'
-        dataset inputs."""
+        dataset inputs; listed once however many runs log them."""
+        return self._data_refs()
+
+    @abstractmethod
+    def _data_refs(self) -> list[DataRef]: ...
 
 
 class ClassificationTask(Task):
@@ -116,7 +121,7 @@ class ClassificationTask(Task):
     def train_set(self) -> Dataset:
         return self._split(self._train)
 
-    def data_refs(self) -> list[DataRef]:
+    def _data_refs(self) -> list[DataRef]:
         root = Path(self.data.get("root", ""))
         splits = [("train", self._train, TRAINING), ("val", self._val, EVALUATION)]
         return [
@@ -204,7 +209,7 @@ class SuperResTask(Task):
     def train_set(self) -> Dataset:
         return self._train
 
-    def data_refs(self) -> list[DataRef]:
+    def _data_refs(self) -> list[DataRef]:
         refs = [
             data_ref(name, self.data["test"][name], test.files, EVALUATION)
             for name, test in self._tests.items()

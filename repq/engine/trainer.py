@@ -317,7 +317,7 @@ class Trainer:
         }
         if self.run_key is None or not self.tracker.resume(self.run_key):
             self.run_key = self.tracker.start(self.job.run_spec(), params, self.started)
-            for data in self.task.data_refs():
+            for data in self.task.data_refs:
                 self.tracker.log_input(data)
 
     def run(self) -> dict:

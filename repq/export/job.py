@@ -27,7 +27,7 @@ from repq.export.qdq import float_form, integer_form
 from repq.export.verify import Comparison, OnnxRunner, codes_check
 from repq.files import atomic_write
 from repq.qat import to_deploy
-from repq.tracking import Tracker, now_ms, run_tags, stage_run
+from repq.tracking import Tracker, now_ms, stage_run, stage_tags
 from repq.vocab import Stage
 
 ONNX_FILE, REPORT_FILE, EXAMPLE_FILE = "model.onnx", "export.json", "example.npz"
@@ -116,9 +116,9 @@ class Exporter:
         report = onnx_path.with_name(REPORT_FILE)
         atomic_write(report, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
         example_file = save_example(onnx_path, example[:1], self.threads)
-        data = self._task(config).data_refs() if self.run_verify else []
+        data = self._task(config).data_refs if self.run_verify else []
         _track(tracker, config, stage, result, [onnx_path, report], started, data)
-        tags = {**version_tags(config, stage), **_model_tags(result)}
+        tags = {**stage_tags(config, stage), **_model_tags(result)}
         tracker.log_model(onnx_path, example_file, tracker.registered_name(config, stage), tags)
         tracker.finish()
         return result
@@ -169,13 +169,6 @@ def save_example(onnx_path: Path, example: torch.Tensor, threads: int) -> Path:
 
     atomic_write(path, write)
     return path
-
-
-def version_tags(config: dict, stage: Stage) -> dict[str, str]:
-    """A registered version's own tags: what its run is (architecture, variant, task,
-    seed, stage, method, bits)."""
-    tags = run_tags(config, stage, "export")
-    return {k: v for k, v in tags.items() if k != "job" and not k.startswith("mlflow.")}
 
 
 def _model_tags(result: dict) -> dict[str, object]:

@@ -18,6 +18,7 @@ from repq.tracking.mlflow_tracker import (
     run_tags,
     source_tags,
     stage_run,
+    stage_tags,
 )
 from repq.tracking.store import (
     Store,
@@ -47,5 +48,6 @@ __all__ = [
     "source_tags",
     "sqlite_uri",
     "stage_run",
+    "stage_tags",
     "sync_journals",
 ]

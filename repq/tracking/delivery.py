@@ -53,13 +53,12 @@ def _parent_id(client, experiment_id: str, parent: dict, started: int | None, wa
     return winner
 
 
-def _settle_parent(client, store: Store, parent_id: str) -> None:
+def _settle_parent(client, store: Store, experiment_id: str, parent_id: str) -> None:
     """A parent runs while one of its jobs runs, and ends at the latest end of its jobs
     (computed from the jobs, so that two jobs ending at once cannot lose one's end; a
     SQLite store is settled by one process at a time)."""
     children = f"tags.`{PARENT_TAG}` = '{parent_id}'"
     with serialized(store.uri):
-        experiment_id = client.get_run(parent_id).info.experiment_id
         running = client.search_runs(
             [experiment_id], f"{children} and attributes.status = 'RUNNING'", max_results=1
         )
@@ -85,7 +84,7 @@ def _open_run(client, store: Store, record: dict) -> str:
         experiment_id, run_name=record["name"], tags=tags, start_time=record.get("time")
     )
     if PARENT_TAG in tags:
-        _settle_parent(client, store, tags[PARENT_TAG])
+        _settle_parent(client, store, experiment_id, tags[PARENT_TAG])
     return run.info.run_id
 
 
@@ -134,9 +133,9 @@ def _send(client, store: Store, record: dict, runs: dict[str, str]) -> None:
             client.update_run(run_id, status="RUNNING")
         else:
             client.set_terminated(run_id, record["status"], end_time=record.get("time"))
-        parent_id = client.get_run(run_id).data.tags.get(PARENT_TAG)
-        if parent_id:
-            _settle_parent(client, store, parent_id)
+        run = client.get_run(run_id)
+        if PARENT_TAG in run.data.tags:
+            _settle_parent(client, store, run.info.experiment_id, run.data.tags[PARENT_TAG])
 
 
 def deliver(journal: Journal, store: Store, client=None) -> int:

@@ -92,17 +92,20 @@ def group_tags(config: dict) -> dict[str, str]:
     }
 
 
-def run_tags(config: dict, stage: Stage, job: str) -> dict[str, str]:
-    """The tags of a job's run: architecture, variant, task, seed, stage, method, bits,
-    job, and MLflow's source fields."""
+def stage_tags(config: dict, stage: Stage) -> dict[str, str]:
+    """What a stage's run is: its group's tags, and stage, method and bits (also the
+    tags of its registered model version)."""
     return {
         **group_tags(config),
         "stage": str(stage),
         "method": stage.method or stage.name,
         "bits": str(stage.bit_width),
-        "job": job,
-        **source_tags(job),
     }
+
+
+def run_tags(config: dict, stage: Stage, job: str) -> dict[str, str]:
+    """The tags of a job's run: :func:`stage_tags`, the job and MLflow's source fields."""
+    return {**stage_tags(config, stage), "job": job, **source_tags(job)}
 
 
 @dataclass(frozen=True)
