@@ -2,13 +2,15 @@
 JPEG (the median ImageNet size), RandomResizedCrop 224, flip, to float, normalise.
 
 Variants, interleaved (each once per round) in one process on one thread: PIL decoding with
-``transforms`` v1 (repq's pipeline before), ``torchvision.io`` decoding with
-``transforms.v2`` on uint8 (repq's now, ``repq.data.classification``), each sample under
+``transforms`` v1 (repq's first pipeline), ``torchvision.io`` decoding with
+``transforms.v2`` on uint8 (its second; torchvision 0.29 deprecates that decoder) and
+TorchCodec decoding with the same transforms (repq's now, ``repq.data.classification``),
+each sample under
 its own seed as the trainer draws it, plus the cost of seeding itself:
 ``torch.manual_seed`` against ``repq.data.sampling.cpu_rng_seeded``. The JPEGs are
 scikit-image's ``coffee`` and ``chelsea`` (shipped with the package) resized to 500x375.
 
-    python benchmarks/input_pipeline.py --rounds 7      # writes benchmarks/results/input-pipeline.*
+    python benchmarks/input_pipeline.py --rounds 7 --tag input-pipeline-torchcodec
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import platform
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,7 +30,7 @@ from record import new_tag, save, stamp
 from skimage import data as skdata
 from torchvision import transforms as v1
 
-from repq.data.classification import MEAN, STD, read_image, train_transform
+from repq.data.classification import MEAN, STD, read_file, read_image, train_transform
 from repq.data.images import load_rgb
 from repq.data.sampling import cpu_rng_seeded
 
@@ -60,6 +63,43 @@ def pil_v1() -> Callable[[Path], torch.Tensor]:
 def tensor_v2() -> Callable[[Path], torch.Tensor]:
     transform = train_transform(SIZE, (0.08, 1.0))
     return lambda path: transform(read_image(path))
+
+
+def torchvision_v2() -> Callable[[Path], torch.Tensor]:
+    """The pipeline with torchvision's own decoder, which 0.29 deprecates for TorchCodec."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
+    transform = train_transform(SIZE, (0.08, 1.0))
+    return lambda path: transform(decode_image(read_file(str(path)), mode=ImageReadMode.RGB))
+
+
+def decoders() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """JPEG bytes to an RGB uint8 tensor: torchvision's decoder and TorchCodec's."""
+    from torchcodec.decoders import decode_image as codec_decode
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_image as tv_decode
+
+    warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
+    return {
+        "torchvision.io": lambda data: tv_decode(data, mode=ImageReadMode.RGB),
+        "torchcodec": lambda data: codec_decode(data, mode="RGB"),
+    }
+
+
+def decode_rates(paths: list[Path], rounds: int, n: int) -> dict[str, list[float]]:
+    """Images decoded per second by each decoder, from bytes in memory, interleaved."""
+    encoded = [read_file(path) for path in paths]
+    runs = decoders()
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for round_ in range(rounds + 1):  # the first round warms up
+        for name, decode in runs.items():
+            start = time.perf_counter()
+            for i in range(n):
+                decode(encoded[i % len(encoded)])
+            if round_:
+                rates[name].append(n / (time.perf_counter() - start))
+    return rates
 
 
 def seeded(pipeline: Callable[[Path], torch.Tensor]) -> Callable[[Path, int], torch.Tensor]:
@@ -115,7 +155,11 @@ def main() -> None:
     args = parser.parse_args()
     new_tag(args.out, args.tag)
     torch.set_num_threads(1)
-    variants = {"PIL + transforms v1": seeded(pil_v1()), "torchvision.io + v2": seeded(tensor_v2())}
+    variants = {
+        "PIL + transforms v1": seeded(pil_v1()),
+        "torchvision.io + v2": seeded(torchvision_v2()),
+        "torchcodec + v2": seeded(tensor_v2()),
+    }
     rates: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as folder:
         paths = write_jpegs(Path(folder))
@@ -124,6 +168,9 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, run in variants.items():
                 rates[name].append(images_per_second(run, paths, args.images))
+        decoding = decode_rates(paths, args.rounds, args.images * 4)
+    codec, torchvision = decoding["torchcodec"], decoding["torchvision.io"]
+    paired = [c / t for c, t in zip(codec, torchvision, strict=True)]
     reference = statistics.median(rates["PIL + transforms v1"])
     result = {
         "provenance": stamp(),
@@ -133,6 +180,8 @@ def main() -> None:
         "images_per_round": args.images,
         "images_per_second_per_core": {name: spread(r) for name, r in rates.items()},
         "speed_vs_v1": {n: statistics.median(r) / reference for n, r in rates.items()},
+        "decoded_per_second_per_core": {name: spread(r) for name, r in decoding.items()},
+        "torchcodec_vs_torchvision_decoding": spread(paired),
         "seeding_us_per_sample": seed_cost(args.seedings),
     }
     save(args.out, args.tag, result, markdown(result))
@@ -151,6 +200,15 @@ def markdown(result: dict) -> str:
         ratio = result["speed_vs_v1"][name]
         rates = f"{s['median']:.0f} | {s['min']:.0f} | {s['max']:.0f}"
         lines.append(f"| {name} | {rates} | {ratio:.2f}x |")
+    lines += ["", "| decoder (JPEG bytes to RGB) | images/s per core (median) | min | max |"]
+    lines.append("|---|---|---|---|")
+    for name, s in result["decoded_per_second_per_core"].items():
+        lines.append(f"| {name} | {s['median']:.0f} | {s['min']:.0f} | {s['max']:.0f} |")
+    paired = result["torchcodec_vs_torchvision_decoding"]
+    lines.append(
+        f"\nTorchCodec against torchvision, round by round: {paired['median']:.3f}x "
+        f"(min {paired['min']:.3f}, max {paired['max']:.3f})"
+    )
     seeding = result["seeding_us_per_sample"]
     lines += [
         "",

@@ -124,14 +124,19 @@ def test_input_pipeline_writes_rates_per_core_with_their_spread(tmp_path):
     result = json.loads((tmp_path / "input-pipeline.json").read_text())
     assert result["provenance"]["command"].endswith("--tag input-pipeline")
     rates = result["images_per_second_per_core"]
-    assert list(rates) == ["PIL + transforms v1", "torchvision.io + v2"]
+    assert list(rates) == ["PIL + transforms v1", "torchvision.io + v2", "torchcodec + v2"]
     for spread in rates.values():
         assert 0 < spread["min"] <= spread["median"] <= spread["max"]
     assert result["speed_vs_v1"]["PIL + transforms v1"] == 1.0
     table = (tmp_path / "input-pipeline.md").read_text()
-    v2 = rates["torchvision.io + v2"]
-    assert f"| torchvision.io + v2 | {v2['median']:.0f} | {v2['min']:.0f} |" in table
+    codec = rates["torchcodec + v2"]
+    assert f"| torchcodec + v2 | {codec['median']:.0f} | {codec['min']:.0f} |" in table
     assert set(result["seeding_us_per_sample"]) == {"torch.manual_seed", "cpu_rng_seeded"}
+    decoding = result["decoded_per_second_per_core"]
+    assert list(decoding) == ["torchvision.io", "torchcodec"]
+    paired = result["torchcodec_vs_torchvision_decoding"]
+    assert 0 < paired["min"] <= paired["median"] <= paired["max"]
+    assert f"round by round: {paired['median']:.3f}x" in table
 
 
 def test_mini_epoch_times_both_pipelines_with_their_spread(tmp_path):

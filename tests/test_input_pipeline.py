@@ -1,10 +1,12 @@
-"""The classification input pipeline: torchvision.io decoding and transforms.v2 on uint8,
+"""The classification input pipeline: TorchCodec decoding and transforms.v2 on uint8,
 against the PIL + transforms v1 pipeline it replaced (statistics, not bit-equality), and
 decoding on the device against decoding in the workers."""
 
 from __future__ import annotations
 
+import io
 import json
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -160,6 +162,38 @@ def test_caching_and_decoding_on_the_device_is_a_config_error(mini_data):
     val = image_folder(mini_data / "cls" / "val", False, SIZE, RESIZE, verify_images=False)
     with pytest.raises(ConfigError, match=r"data\.cache .* data\.decode: device"):
         seeded_split(val, "device", cache=True)
+
+
+def _torchvision_decode(path: Path) -> torch.Tensor:
+    """torchvision's own decoder (deprecated since 0.29): the oracle TorchCodec replaces."""
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.io import read_file as tv_read_file
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return decode_image(tv_read_file(str(path)), mode=ImageReadMode.RGB)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "mode", "options"),
+    [
+        ("jpg", "RGB", {"quality": 90}),
+        ("jpg", "L", {"quality": 75}),
+        ("png", "RGBA", {}),
+        ("png", "L", {}),
+    ],
+)
+def test_torchcodec_decodes_as_torchvision_did(tmp_path, suffix, mode, options):
+    """Colour and grey JPEGs, PNGs with alpha or grey: the same RGB pixels, bit for bit."""
+    pixels = torch.randint(0, 256, (37, 53, 4), generator=torch.Generator().manual_seed(3))
+    image = Image.fromarray(pixels.to(torch.uint8).numpy(), "RGBA").convert(mode)
+    path = tmp_path / f"image.{suffix}"
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG" if suffix == "jpg" else "PNG", **options)
+    path.write_bytes(buffer.getvalue())
+    decoded = read_image(path)
+    assert decoded.dtype == torch.uint8 and decoded.shape == (3, 37, 53)
+    assert torch.equal(decoded, _torchvision_decode(path))
 
 
 def test_an_undecodable_file_names_itself(tmp_path):

@@ -1,10 +1,12 @@
 """ImageNet-style classification from an ImageFolder tree (``train/``, ``val/``).
 
-Images are decoded by ``torchvision.io`` to uint8 tensors and augmented by ``transforms.v2``
-on uint8 (resampling before the float conversion): 1.46x the images per core of PIL with
-``transforms`` v1 (``benchmarks/input_pipeline.py``). With ``data.decode: device`` the loader only
-reads the files and each batch is decoded on the training device (nvJPEG on CUDA), under
-the same per-sample seeds, so a GPU job needs fewer CPU cores. With ``data.cache`` a
+Images are decoded by TorchCodec (torchvision 0.29 deprecates its own decoders in its
+favour; the two decode JPEG bit for bit) to uint8 tensors and augmented by
+``transforms.v2`` on uint8 (resampling before the float conversion), which
+``benchmarks/input_pipeline.py`` measures against PIL with ``transforms`` v1. With
+``data.decode: device`` the loader only reads the files and each batch is decoded on the
+training device (nvJPEG on CUDA), under the same per-sample seeds, so a GPU job needs
+fewer CPU cores. With ``data.cache`` a
 small dataset (the mini benchmark) is read and decoded once per process and its
 evaluation split is transformed once (``benchmarks/mini_epoch.py``).
 """
@@ -17,8 +19,8 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
+from torchcodec.decoders import decode_image, decode_jpeg
 from torchvision.datasets import ImageFolder
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from torchvision.transforms import v2
 
 from repq.data.images import check_readable, list_images, require_dir
@@ -70,9 +72,14 @@ def read_image(path: str | Path) -> torch.Tensor:
     """An image file as an RGB uint8 tensor (C, H, W); a DataError names the file if it
     cannot be decoded."""
     try:
-        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-    except RuntimeError as err:
+        return decode_image(read_file(path), mode="RGB")
+    except (RuntimeError, ValueError) as err:
         raise DataError(f"unreadable image {path}: {err}") from err
+
+
+def read_file(path: str | Path) -> torch.Tensor:
+    """A file's bytes as a 1-D uint8 tensor (what the decoders take)."""
+    return torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
 
 
 def decode_batch(encoded: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -81,12 +88,12 @@ def decode_batch(encoded: Sequence[torch.Tensor], device: torch.device) -> list[
     jpeg = [i for i, data in enumerate(encoded) if bytes(data[:2].tolist()) == JPEG_MAGIC]
     images: list[torch.Tensor | None] = [None] * len(encoded)
     if jpeg:
-        decoded = decode_jpeg([encoded[i] for i in jpeg], mode=ImageReadMode.RGB, device=device)
+        decoded = decode_jpeg([encoded[i] for i in jpeg], mode="RGB", device=device)
         for i, image in zip(jpeg, decoded, strict=True):
             images[i] = image
     for i, image in enumerate(images):
         if image is None:
-            images[i] = decode_image(encoded[i], mode=ImageReadMode.RGB).to(device)
+            images[i] = decode_image(encoded[i], mode="RGB").to(device)
     return images
 
 
