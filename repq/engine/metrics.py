@@ -1,4 +1,8 @@
-"""Evaluation metrics: top-1 accuracy, and PSNR / SSIM on Y with a border crop."""
+"""Evaluation metrics: top-1 accuracy, and PSNR / SSIM on Y with a border crop.
+
+The SR output is scored as official ECBSR scores it: clamped to [0, 255], not rounded
+(``round_output=True``, the recipe key ``data.round_output``, rounds it to 8 bits first,
+as a saved image would be; ``benchmarks/sr_rounding.py`` measures the difference)."""
 
 from __future__ import annotations
 
@@ -23,23 +27,25 @@ def _crop(image: torch.Tensor, border: int) -> np.ndarray:
     return array[border:-border, border:-border] if border > 0 else array
 
 
-def quantize_pixels(image: torch.Tensor) -> torch.Tensor:
-    """Clamp to [0, 255] and round, as an 8-bit image would store it."""
-    return image.clamp(0, 255).round()
+def output_pixels(image: torch.Tensor, round_output: bool = False) -> torch.Tensor:
+    """The SR output as scored: clamped to [0, 255], and rounded (as an 8-bit image
+    would store it) only with ``round_output``."""
+    image = image.clamp(0, 255)
+    return image.round() if round_output else image
 
 
-def psnr_y(sr: torch.Tensor, hr: torch.Tensor, border: int) -> float:
+def psnr_y(sr: torch.Tensor, hr: torch.Tensor, border: int, round_output: bool = False) -> float:
     """PSNR (dB) of 0-255 Y images with ``border`` pixels cropped on each side."""
-    a, b = _crop(quantize_pixels(sr), border), _crop(hr, border)
+    a, b = _crop(output_pixels(sr, round_output), border), _crop(hr, border)
     mse = float(np.mean((a - b) ** 2))
     return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
-def ssim_y(sr: torch.Tensor, hr: torch.Tensor, border: int) -> float:
+def ssim_y(sr: torch.Tensor, hr: torch.Tensor, border: int, round_output: bool = False) -> float:
     """SSIM of 0-255 Y images (Gaussian window, sigma 1.5, as the usual SR code)."""
     from skimage.metrics import structural_similarity  # evaluation of this task only
 
-    a, b = _crop(quantize_pixels(sr), border), _crop(hr, border)
+    a, b = _crop(output_pixels(sr, round_output), border), _crop(hr, border)
     return float(
         structural_similarity(
             a,

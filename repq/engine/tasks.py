@@ -185,6 +185,7 @@ class SuperResTask(Task):
         if model_scale != self.scale:
             raise DataError(f"data.scale is {self.scale} but model.kwargs.scale is {model_scale}")
         verify = self.data.get("verify_images", True)
+        self.round_output = bool(self.data.get("round_output", False))
         test_lr = self.data.get("test_lr") or {}
         unknown = sorted(set(test_lr) - set(self.data["test"]))
         if unknown:
@@ -235,7 +236,8 @@ class SuperResTask(Task):
 
     @torch.no_grad()
     def scores(self, model: nn.Module, device: torch.device) -> dict[str, torch.Tensor]:
-        """PSNR and SSIM (on Y) per test image, keyed ``<metric>/<test set>``."""
+        """PSNR and SSIM (on Y) per test image, keyed ``<metric>/<test set>``; the
+        output clamped, and rounded to 8 bits under ``data.round_output``."""
         score = {"psnr": psnr_y, "ssim": ssim_y}
         found: dict[str, list[float]] = {}
         for name, dataset in self._tests.items():
@@ -243,7 +245,7 @@ class SuperResTask(Task):
                 sr = model(lr.to(device)).float().cpu()
                 for metric in self.facts.metrics:
                     found.setdefault(f"{metric}/{name}", []).append(
-                        score[metric](sr, hr, self.scale)
+                        score[metric](sr, hr, self.scale, self.round_output)
                     )
         return {key: torch.tensor(items, dtype=torch.float64) for key, items in found.items()}
 
