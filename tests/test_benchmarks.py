@@ -240,3 +240,20 @@ def test_no_benchmark_touches_a_private_member_of_a_repq_object():
         if isinstance(node, ast.Attribute) and node.attr in private
     ]
     assert touched == []
+
+
+def test_lsq_kernels_times_the_three_variants_side_by_side(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "lsq_kernels.py"), "--rounds", "2", "--warmup", "1"]
+        + ["--out", str(tmp_path), "--tag", "lsq"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "lsq.json").read_text())
+    assert result["provenance"]["command"].endswith("--tag lsq")
+    for variants in result["ms"].values():
+        assert list(variants) == ["repq C++ kernel", "torch fused op", "torch ops (reference)"]
+        assert all(0 < s["min"] <= s["median"] <= s["max"] for s in variants.values())
+    assert "| torch fused op |" in (tmp_path / "lsq.md").read_text()

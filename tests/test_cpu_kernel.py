@@ -12,21 +12,19 @@ import sys
 import pytest
 import torch
 from conftest import layer_gradients
+from lsq_operands import LAYERS, LAYOUTS, PRECISIONS, RANGES, operands, repq_block, step_terms
 from torch import nn
 
 from repq import cpu_kernel
 from repq.qat import calibrate
-from repq.qat.repq_conv import RepQConv
-from repq.quant.layers import QuantConv2d, QuantLinear, set_recompute
+from repq.quant.layers import QuantConv2d, set_recompute
 from repq.quant.lsq import (
-    CHUNK_ELEMENTS,
     fake_quantize,
     lsq_gradients,
     reference_fake_quantize,
     reference_lsq_gradients,
 )
 from repq.quant.policy import LayerPrecision
-from repq.reparam import ACBlock, RepVGGBlock
 
 pytestmark = pytest.mark.skipif(cpu_kernel.kernel() is None, reason="the kernel did not build")
 
@@ -34,41 +32,6 @@ pytestmark = pytest.mark.skipif(cpu_kernel.kernel() is None, reason="the kernel 
 # terms, measured over these shapes and ranges (the kernel sums in double, then rounds):
 # float32 at most 2.7e-8 (torch's float sum: 4.8e-8), float64 at most 1.6e-16.
 STEP_SUM_TOLERANCE = {torch.float32: 3e-7, torch.float64: 2e-15}
-RANGES = {"int8": (-128, 127), "uint4": (0, 15), "int4": (-8, 7), "int2": (-2, 1)}
-# (shape, steps): per tensor, per output channel, and rows and columns that span several
-# of the kernel's 16,384-element blocks and of the reference's chunks
-LAYOUTS = {
-    "activation": ((4, 3, 50, 50), 1),
-    "weight": ((64, 16, 3, 3), 64),
-    "long tensor": ((2, CHUNK_ELEMENTS + 5), 1),
-    "long rows": ((3, 70_001), 3),
-}
-
-
-def _operands(layout: str, dtype: torch.dtype, qmin: int, qmax: int, seed: int = 0):
-    """``x`` spread over the range and beyond it, with exact ties (half-integer codes),
-    infinities; ``grad``; and the step shaped to broadcast."""
-    shape, steps = LAYOUTS[layout]
-    generator = torch.Generator().manual_seed(seed)
-    step = torch.rand(steps, generator=generator, dtype=dtype) * 0.1 + 0.02
-    step = step.reshape(-1, *[1] * (len(shape) - 1)) if steps > 1 else step
-    codes = torch.randn(shape, generator=generator, dtype=dtype) * (qmax - qmin) / 2
-    ties = torch.randint(qmin - 2, qmax + 2, shape, generator=generator).to(dtype) + 0.5
-    pick = torch.rand(shape, generator=generator) < 0.1
-    x = torch.where(pick, ties, codes) * step
-    flat = x.view(-1)
-    flat[:3] = torch.tensor([float("inf"), -float("inf"), 0.0], dtype=dtype)
-    grad = torch.randn(shape, generator=generator, dtype=dtype)
-    return x, grad, step
-
-
-def _step_terms(x, grad, step, qmin, qmax) -> torch.Tensor:
-    """The float terms of ``d L / d step`` in float64, one row per step."""
-    v = x / step
-    r = torch.round(v)
-    outside = (r <= qmin - 0.5) | (r >= qmax + 0.5)
-    terms = torch.where(outside, grad * r.clamp(qmin, qmax), grad * (r - v)).double()
-    return terms.reshape(step.numel(), -1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
@@ -76,7 +39,7 @@ def _step_terms(x, grad, step, qmin, qmax) -> torch.Tensor:
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_the_kernel_quantizes_bit_equal_to_the_reference(layout, bounds, dtype):
     qmin, qmax = RANGES[bounds]
-    x, _, step = _operands(layout, dtype, qmin, qmax)
+    x, _, step = operands(layout, dtype, qmin, qmax)
     x.view(-1)[3] = float("nan")
     out = fake_quantize(x, step, qmin, qmax)
     torch.testing.assert_close(
@@ -95,12 +58,12 @@ def test_the_kernel_quantizes_bit_equal_to_the_reference(layout, bounds, dtype):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_the_kernels_gradients_match_the_reference(layout, bounds, dtype):
     qmin, qmax = RANGES[bounds]
-    x, grad, step = _operands(layout, dtype, qmin, qmax, seed=1)
+    x, grad, step = operands(layout, dtype, qmin, qmax, seed=1)
     grad_x, grad_step = lsq_gradients(x, grad, step, qmin, qmax, 0.5)
     ref_x, ref_step = reference_lsq_gradients(x, grad, step, qmin, qmax, 0.5)
     assert torch.equal(grad_x, ref_x)
     assert grad_step.shape == ref_step.shape == step.shape and grad_step.dtype == dtype
-    terms = _step_terms(x, grad, step, qmin, qmax)
+    terms = step_terms(x, grad, step, qmin, qmax)
     exact, magnitude = terms.sum(1), terms.abs().sum(1)
     error = (grad_step.reshape(-1).double() - 0.5 * exact).abs() / (0.5 * magnitude)
     assert error.max() <= STEP_SUM_TOLERANCE[dtype]
@@ -109,7 +72,7 @@ def test_the_kernels_gradients_match_the_reference(layout, bounds, dtype):
 
 
 def test_the_step_gradient_does_not_depend_on_the_number_of_threads():
-    x, grad, step = _operands("long tensor", torch.float32, -128, 127)
+    x, grad, step = operands("long tensor", torch.float32, -128, 127)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -122,14 +85,14 @@ def test_the_step_gradient_does_not_depend_on_the_number_of_threads():
 
 
 def test_reusing_the_gradient_writes_the_input_gradient_over_it():
-    x, grad, step = _operands("activation", torch.float32, 0, 255)
+    x, grad, step = operands("activation", torch.float32, 0, 255)
     expected = reference_lsq_gradients(x, grad, step, 0, 255, 1.0)[0]
     grad_x, _ = lsq_gradients(x, grad, step, 0, 255, 1.0, reuse_grad=True)
     assert grad_x is grad and torch.equal(grad, expected)
 
 
 def test_tensors_the_kernel_does_not_take_run_the_reference():
-    x, grad, step = _operands("activation", torch.float32, -128, 127)
+    x, grad, step = operands("activation", torch.float32, -128, 127)
     transposed = x.transpose(2, 3)  # not contiguous
     assert not cpu_kernel.usable(transposed, step)
     assert not cpu_kernel.usable(x.bfloat16(), step.bfloat16())
@@ -148,25 +111,6 @@ def test_tensors_the_kernel_does_not_take_run_the_reference():
         rtol=0,
         atol=0,
     )
-
-
-def _repq_block(norm_mode: str, **precision) -> RepQConv:
-    block = RepVGGBlock(8, 16, 3, stride=1) if norm_mode != "acnet" else ACBlock(8, 16, 3)
-    block.norm_mode = "estimate" if norm_mode == "estimate" else "batch"
-    return RepQConv(block, LayerPrecision("block", **precision))
-
-
-LAYERS = {
-    "conv": lambda **p: QuantConv2d(nn.Conv2d(8, 16, 3, 2, 1), LayerPrecision("c", **p)),
-    "linear": lambda **p: QuantLinear(nn.Linear(8, 10), LayerPrecision("fc", **p)),
-    "RepQ block (BN folded with batch statistics)": lambda **p: _repq_block("batch", **p),
-    "RepQ-BNest block (estimated statistics)": lambda **p: _repq_block("estimate", **p),
-    "RepQ ACNet block, stored operands": lambda **p: _repq_block("acnet", **p),
-}
-PRECISIONS = {
-    "8-bit unsigned input": {"weight_bits": 8, "input_bits": 8, "input_signed": False},
-    "4-bit signed input": {"weight_bits": 4, "input_bits": 4, "input_signed": True},
-}
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -235,8 +179,8 @@ def test_the_switch_in_the_environment_turns_the_kernel_off():
     )
 
 
-def test_a_repq_block_takes_the_fused_path_and_saves_its_float_operands():
-    layer = _repq_block("estimate", weight_bits=8, input_bits=8, input_signed=False).train()
+def test_a_repq_block_takes_the_fused_path_and_saves_its_floatoperands():
+    layer = repq_block("estimate", weight_bits=8, input_bits=8, input_signed=False).train()
     x = torch.randn(3, 8, 10, 10).relu()
     calibrate(layer, [x])
     layer.train()

@@ -31,6 +31,35 @@ def test_qat_step_has_no_host_synchronisation(method):
 
 
 @cuda
+@pytest.mark.parametrize("channels", [None, 32], ids=["per tensor", "per channel"])
+def test_lsq_runs_on_torchs_fused_kernels_and_matches_the_cpu_reference(channels):
+    """On CUDA, LSQ is torch's learnable fake-quant op: outputs and input gradients as
+    the CPU reference wherever ``x * (1 / s)`` and ``x / s`` give the same code, the step
+    gradient within float32 summation error."""
+    from repq.quant.lsq import LSQQuantizer, torch_kernel_takes
+
+    quantizer = LSQQuantizer(4, signed=True, channels=channels)
+    x = torch.randn(32, 16, 9, 9) if channels else torch.randn(8, 16, 28, 28)
+    quantizer(x)  # initialises the step
+    grad = torch.randn_like(x)
+    results = []
+    for device in ("cpu", "cuda"):
+        q = quantizer.to(device)
+        q.step.grad = None
+        x_in = x.to(device).requires_grad_(True)
+        out = q(x_in)
+        out.backward(grad.to(device))
+        results.append((out.cpu(), x_in.grad.cpu(), q.step.grad.cpu()))
+    assert torch_kernel_takes(x.cuda(), quantizer.to("cuda")._shaped_step(x.cuda()))
+    (out, grad_x, grad_step), (out_c, grad_x_c, grad_step_c) = results
+    step = quantizer.to("cpu")._shaped_step(x)
+    same = torch.round(x / step) == torch.round(x * (1 / step))
+    assert same.float().mean() > 0.999
+    assert torch.equal(out[same], out_c[same]) and torch.equal(grad_x[same], grad_x_c[same])
+    assert rel_err(grad_step_c, grad_step) < 1e-5
+
+
+@cuda
 @pytest.mark.parametrize("name", ["repvgg_a0", "orepa_resnet18", "ecbsr"])
 def test_eval_equals_deploy_on_cuda(name):
     kwargs = {"m": 2, "c": 8} if name == "ecbsr" else {"num_classes": 10, "width_mult": 0.25}

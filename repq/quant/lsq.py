@@ -12,7 +12,9 @@ still passes its gradient.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +28,14 @@ CHUNK_ELEMENTS = 1 << 18
 """Elements per chunk on the CPU: a chunk's passes run in cache, and the backward's two
 scratch buffers (1 MiB each) are reused where whole-tensor temporaries would be fresh
 pages every step."""
+_torch_kernel_devices = {"cuda"}
+"""Where LSQ runs on torch's own fused learnable fake-quant kernels
+(``torch._fake_quantize_learnable_per_{tensor,channel}_affine`` and their backward, with
+``grad_factor`` = LSQ's ``g``): CUDA. They take the code as ``round(x * (1 / s))``, which
+differs from ``round(x / s)`` (the reference's, and ONNX's) by one only where ``x / s`` is
+within a rounding error of a half-integer (``tests/test_torch_lsq.py``). On the CPU repq's
+kernel is the faster (``benchmarks/lsq_kernels.py``); :func:`torch_kernels_on` changes the
+set (tests, benchmarks)."""
 
 
 class LSQFunction(torch.autograd.Function):
@@ -35,7 +45,8 @@ class LSQFunction(torch.autograd.Function):
     ``d out / d s = round(x / s) - x / s`` inside, ``clamp(round(x / s))`` outside,
     times ``grad_factor`` and summed over the elements each step covers. On the CPU both
     passes run as one C++ pass each (:mod:`repq.cpu_kernel`), or else as torch ops
-    in chunks of about ``CHUNK_ELEMENTS``.
+    in chunks of about ``CHUNK_ELEMENTS``; on CUDA as torch's fused learnable fake-quant
+    kernels (:func:`torch_kernel_takes`).
     """
 
     @staticmethod
@@ -54,6 +65,8 @@ class LSQFunction(torch.autograd.Function):
 def fake_quantize(x: Tensor, step: Tensor, qmin: int, qmax: int) -> Tensor:
     """``clamp(round(x / step), qmin, qmax) * step`` (LSQ's forward): the CPU kernel
     where it takes the tensors, else :func:`reference_fake_quantize`."""
+    if torch_kernel_takes(x, step):
+        return _torch_forward(x, step, qmin, qmax)
     if _kernel_takes(x, step):
         out = torch.empty_like(x)
         with record_function("repq::lsq_fake_quantize"):
@@ -84,6 +97,9 @@ def lsq_gradients(
     """LSQ's backward: ``(d L / d x, d L / d step)`` from ``grad = d L / d out`` (the
     step's gradient scaled by ``grad_factor``; None unless ``step_grad``). With
     ``reuse_grad`` the CPU kernel writes ``d L / d x`` over ``grad`` (one buffer less)."""
+    if torch_kernel_takes(x, step, grad):
+        grad_x, grad_step = _torch_backward(x, grad, step, qmin, qmax, grad_factor)
+        return grad_x, grad_step if step_grad else None
     if _kernel_takes(x, step, grad):
         grad_x = grad if reuse_grad else torch.empty_like(grad)
         with record_function("repq::lsq_backward"):
@@ -92,12 +108,67 @@ def lsq_gradients(
     return reference_lsq_gradients(x, grad, step, qmin, qmax, grad_factor, step_grad)
 
 
+def _one_step_per_row(x: Tensor, step: Tensor) -> bool:
+    """One step per tensor, or one per slice of ``x``'s first dimension."""
+    return step.numel() == 1 or (x.dim() > 0 and step.numel() == x.shape[0] == step.shape[0])
+
+
 def _kernel_takes(x: Tensor, step: Tensor, *like_x: Tensor) -> bool:
     """Whether the CPU kernel runs LSQ on ``x`` (and ``like_x``) with ``step``: tensors it
     takes (:func:`repq.cpu_kernel.usable`), one step per tensor or per slice of
     ``x``'s first dimension (its ``[steps, elements per step]`` layout)."""
-    rows = step.numel() == 1 or (x.dim() > 0 and step.numel() == x.shape[0] == step.shape[0])
-    return rows and cpu_kernel.usable(x, *like_x, step)
+    return _one_step_per_row(x, step) and cpu_kernel.usable(x, *like_x, step)
+
+
+def torch_kernel_takes(x: Tensor, step: Tensor, *like_x: Tensor) -> bool:
+    """Whether torch's fused learnable fake-quant kernels run LSQ on ``x``: float32 on a
+    device of :data:`_torch_kernel_devices`, one step per tensor or per output channel."""
+    tensors = (x, *like_x, step)
+    if x.device.type not in _torch_kernel_devices or x.numel() == 0:
+        return False
+    same = all(t.dtype == torch.float32 and t.device == x.device for t in tensors)
+    return same and _one_step_per_row(x, step)
+
+
+@contextlib.contextmanager
+def torch_kernels_on(devices: set[str]) -> Iterator[None]:
+    """Inside the block, LSQ runs on torch's fused kernels on these device types."""
+    before = set(_torch_kernel_devices)
+    _torch_kernel_devices.clear()
+    _torch_kernel_devices.update(devices)
+    try:
+        yield
+    finally:
+        _torch_kernel_devices.clear()
+        _torch_kernel_devices.update(before)
+
+
+def _torch_forward(x: Tensor, step: Tensor, qmin: int, qmax: int) -> Tensor:
+    """LSQ's forward by torch's learnable fake-quant op (zero point 0)."""
+    flat = step.reshape(-1)
+    zero = torch.zeros_like(flat)
+    if step.numel() == 1:
+        return torch._fake_quantize_learnable_per_tensor_affine(x, flat, zero, qmin, qmax, 1.0)
+    return torch._fake_quantize_learnable_per_channel_affine(x, flat, zero, 0, qmin, qmax, 1.0)
+
+
+def _torch_backward(
+    x: Tensor, grad: Tensor, step: Tensor, qmin: int, qmax: int, grad_factor: float
+) -> tuple[Tensor, Tensor]:
+    """LSQ's backward by torch's learnable fake-quant backward: ``(d L / d x,
+    d L / d step)``, the step's gradient scaled by ``grad_factor`` (LSQ's ``g``)."""
+    flat = step.reshape(-1)
+    zero = torch.zeros_like(flat)
+    aten = torch.ops.aten
+    if step.numel() == 1:
+        grad_x, grad_step, _ = aten._fake_quantize_learnable_per_tensor_affine_backward(
+            grad, x, flat, zero, qmin, qmax, grad_factor
+        )
+    else:
+        grad_x, grad_step, _ = aten._fake_quantize_learnable_per_channel_affine_backward(
+            grad, x, flat, zero, 0, qmin, qmax, grad_factor
+        )
+    return grad_x, grad_step.reshape(step.shape)
 
 
 def reference_lsq_gradients(
