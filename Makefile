@@ -7,7 +7,7 @@ STAMP := $(VENV)/.deps-stamp
 CORES ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint format demo mini ablations timm ptq-init docs unlock mutation bench bench-gpu clean-demo
+.PHONY: setup test lint format demo mini ablations timm ptq-init docs unlock mutation bench bench-gpu gpu-check clean-demo
 
 setup: $(STAMP)
 
@@ -88,6 +88,12 @@ bench-gpu: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py --device cuda --batch 256 --size 224 --amp \
 		--channels-last --rounds 10 --warmup 3 --tag gpu-$$(date -u +%Y%m%d-%H%M)
 	$(BIN)/python -m pytest tests/test_cuda.py
+
+# The whole GPU path in one prepared script (benchmarks/gpu_check.py: the CUDA tests, the
+# GPU benchmark, a two-GPU NCCL step, the demo DAG on CUDA; about 8 minutes on one GPU),
+# one summary in results/gpu-check/summary.json. Without CUDA it stops in one line.
+gpu-check: $(STAMP)
+	@$(BIN)/python benchmarks/gpu_check.py
 
 clean-demo:
 	rm -rf results/mini results/runs results/resume results/logs results/tables results/report.html results/mlflow.db results/mlartifacts results/tracking.ready results/wall_seconds

@@ -257,3 +257,15 @@ def test_lsq_kernels_times_the_three_variants_side_by_side(tmp_path):
         assert list(variants) == ["repq C++ kernel", "torch fused op", "torch ops (reference)"]
         assert all(0 < s["min"] <= s["median"] <= s["max"] for s in variants.values())
     assert "| torch fused op |" in (tmp_path / "lsq.md").read_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the check runs for real here")
+def test_the_gpu_check_stops_in_one_line_without_cuda():
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu_check.py")], capture_output=True, text=True
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "gpu-check: no CUDA device here (torch.cuda.is_available() is False); "
+        "run it on a machine with a GPU"
+    ]
