@@ -7,7 +7,7 @@ STAMP := $(VENV)/.deps-stamp
 CORES ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint format demo mini ablations timm ptq-init docs unlock mutation bench bench-gpu gpu-check clean-demo
+.PHONY: setup test lint format demo mini ablations timm ptq-init rehearse docs unlock mutation bench bench-gpu gpu-check clean-demo
 
 setup: $(STAMP)
 
@@ -60,6 +60,13 @@ timm: $(STAMP)
 # The step initialisation rules as PTQ of the demo's FP models (an overlay on the demo).
 ptq-init: $(STAMP)
 	$(call workflow,--configfile config/config.yaml config/ptq_init.yaml,results/ptq-init)
+
+# Every job of the paper's DAG (config/paper.yaml) at full size on synthetic data in the
+# real layouts, each epoch capped (config/rehearse.yaml); its report, wall time and the
+# per-job memory and ONNX sizes in results/rehearse/rehearsal.md. Not results.
+rehearse: $(STAMP)
+	$(call workflow,--configfile config/paper.yaml config/rehearse.yaml,results/rehearse)
+	$(BIN)/repq report rehearsal --results results/rehearse
 
 # README.md and docs/*.md from docs/templates and the snapshots in docs/results (take one
 # with `repq report snapshot` after a run; docs/README.md says how).

@@ -28,7 +28,7 @@ from train_step import TORCH_OPS, VARIANTS, Step, build_variants, models
 
 BINS = ("conv", "quantizer", "activation", "weight", "small")
 CONV_OPS = ("convolution", "addmm", "aten::mm")
-QUANTIZER_OPS = ("LSQFunction", "QuantizedOpFunction", "fake_quant", "FakeQuant", "FqHelper")
+QUANTIZER_OPS = ("repq::lsq", "QuantizedOpFunction", "fake_quant", "FakeQuant", "FqHelper")
 """Fake quantizers; the convs inside ``QuantizedOpFunction`` are binned as ``conv``."""
 KERNEL_BINS = {"repq::channel_moments": "activation", "repq::estimated_merge": "weight"}
 """repq's C++ kernels that record no input shapes, by what they pass over."""

@@ -1,4 +1,8 @@
-"""Training-step cost of RepQ and RepQ-BNest against Merged LSQ and torch.ao QAT.
+"""Training-step cost of RepQ and RepQ-BNest against Merged LSQ and PyTorch's own QAT:
+torch.ao's eager QAT (``torch_ao``, deprecated) and torchao's pt2e QAT (``torchao_pt2e``:
+the exported deploy model prepared by ``prepare_qat_pt2e`` with the x86 inductor
+quantizer, ``is_qat=True``; torchao pinned in the ``bench`` extra), both 8-bit on the
+deploy form.
 
 For each model, every variant's training step (forward, backward, optimiser) is timed
 in one process, interleaved (A B C ... A B C ...), and the median is reported with its
@@ -48,6 +52,7 @@ VARIANTS = (
     "bnest",
     "bnest_torch_ops",
     "torch_ao",
+    "torchao_pt2e",
 )
 TORCH_OPS = ("merged_torch_ops", "bnest_torch_ops")
 """Variants whose LSQ and RepQ-BNest merge run as torch ops (the references) instead of
@@ -81,6 +86,20 @@ def torch_ao_qat(model: nn.Module) -> nn.Module:
     return ao.prepare_qat(deploy)
 
 
+def torchao_pt2e_qat(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """torchao's pt2e QAT (today's PyTorch QAT) on the deploy model: exported, prepared
+    with the x86 inductor quantizer's 8-bit QAT config, in training mode."""
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
+    from torchao.quantization.pt2e import move_exported_model_to_train
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    deploy = reparameterize(model).train()
+    exported = torch.export.export(deploy, (example,)).module()
+    config = x86.get_default_x86_inductor_quantization_config(is_qat=True)
+    prepared = prepare_qat_pt2e(exported, x86.X86InductorQuantizer().set_global(config))
+    return move_exported_model_to_train(prepared)
+
+
 def storing(model: nn.Module) -> nn.Module:
     """The model with ``train.recompute_quantized: false``: Q(x), Q(W) stored for
     backward (the separate LSQ functions, then the conv)."""
@@ -88,21 +107,26 @@ def storing(model: nn.Module) -> nn.Module:
     return model
 
 
-def build_variants(factory: Callable[[], nn.Module]) -> dict[str, nn.Module]:
+def build_variants(
+    factory: Callable[[], nn.Module], example: torch.Tensor, wanted: Iterable[str] = VARIANTS
+) -> dict[str, nn.Module]:
+    """The ``wanted`` variants of one model (``example``: an input, for torch.export)."""
     torch.manual_seed(0)
     model = factory().train()
     bnest_model = bnest_fp(copy.deepcopy(model))
-    return {
-        "float": model,
-        "float_deploy": reparameterize(model).train(),
-        "merged": prepare(model, "merged", 8).train(),
-        "merged_torch_ops": prepare(model, "merged", 8).train(),
-        "merged_stored": storing(prepare(model, "merged", 8).train()),
-        "repq": prepare(model, "repq", 8).train(),
-        "bnest": prepare(bnest_model, "bnest", 8).train(),
-        "bnest_torch_ops": prepare(copy.deepcopy(bnest_model), "bnest", 8).train(),
-        "torch_ao": torch_ao_qat(model).train(),
+    builders: dict[str, Callable[[], nn.Module]] = {
+        "float": lambda: model,
+        "float_deploy": lambda: reparameterize(model).train(),
+        "merged": lambda: prepare(model, "merged", 8).train(),
+        "merged_torch_ops": lambda: prepare(model, "merged", 8).train(),
+        "merged_stored": lambda: storing(prepare(model, "merged", 8).train()),
+        "repq": lambda: prepare(model, "repq", 8).train(),
+        "bnest": lambda: prepare(bnest_model, "bnest", 8).train(),
+        "bnest_torch_ops": lambda: prepare(copy.deepcopy(bnest_model), "bnest", 8).train(),
+        "torch_ao": lambda: torch_ao_qat(model).train(),
+        "torchao_pt2e": lambda: torchao_pt2e_qat(model, example),
     }
+    return {name: build() for name, build in builders.items() if name in wanted}
 
 
 class Step:
@@ -225,8 +249,9 @@ def warm_up(steps: dict[str, Step], rounds: int) -> tuple[dict[str, float], dict
 
 def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> dict:
     factory, shape, loss = models(args.size, args.sr_size)[name]
-    variants = {k: v.to(device) for k, v in build_variants(factory).items() if k in args.variants}
     x = torch.randn(args.batch, *shape, device=device)
+    built = build_variants(factory, x.cpu(), args.variants)
+    variants = {k: v.to(device) for k, v in built.items()}
     if name.startswith("ecbsr"):
         x = x.abs() * 60 + 16
         target = torch.randn(args.batch, 1, shape[1] * 2, shape[2] * 2, device=device)

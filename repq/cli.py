@@ -49,21 +49,28 @@ def _tracking_args(parser: argparse.ArgumentParser) -> None:
 
 def _add_prepare_data(sub) -> None:
     from repq.data.mini import MiniSpec
+    from repq.data.synthetic import SyntheticSpec
 
     p = sub.add_parser(
         "prepare-data",
         help="write the embedded mini benchmark, or check a real dataset",
         description="Write the mini benchmark (--mini) built from skimage's bundled images, "
-        "or check that the data a recipe points to exists and is readable (--check).",
+        "or synthetic data in the layouts of ImageNet, DIV2K and the SR benchmarks for a "
+        "full-size rehearsal (--synthetic), or check that the data a recipe points to "
+        "exists and is readable (--check).",
     )
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--mini", action="store_true", help="write the mini benchmark")
+    mode.add_argument(
+        "--synthetic", action="store_true", help="write synthetic data in the real layouts"
+    )
     mode.add_argument("--check", type=Path, metavar="CONFIG", help="check a recipe's data")
-    p.add_argument("--out", type=Path, default=Path("results/mini"), help="mini: output folder")
-    for spec in dataclasses.fields(MiniSpec):
-        option = "--" + spec.name.replace("_", "-")
-        help_text = f"mini: {spec.metadata['help']}"
-        p.add_argument(option, type=int, default=spec.default, help=help_text)
+    p.add_argument("--out", type=Path, default=Path("results/mini"), help="output folder")
+    for kind, spec_class in (("mini", MiniSpec), ("synthetic", SyntheticSpec)):
+        for spec in dataclasses.fields(spec_class):
+            option = "--" + spec.name.replace("_", "-")
+            help_text = f"{kind}: {spec.metadata['help']}"
+            p.add_argument(option, type=int, default=spec.default, help=help_text)
     _override_arg(p, "check: override a key of the recipe (repeatable)")
 
 
@@ -204,6 +211,14 @@ def _add_report(sub) -> None:
     snapshot.add_argument("--reproduce", required=True, help="the command that reproduces the run")
     snapshot.add_argument("--config", type=Path, help="the workflow config the run used")
     snapshot.add_argument("--root", type=Path, default=Path("."), help="the repository")
+    rehearsal = commands.add_parser(
+        "rehearsal",
+        help="what a rehearsal measured: each job's wall time and memory, the ONNX sizes",
+        description="Write <results>/tables/rehearsal.md and .json from the jobs' Snakemake "
+        "benchmark files, their recorded peak CUDA memory, the ONNX files and the DAG's "
+        "wall time (<results>/wall_seconds).",
+    )
+    rehearsal.add_argument("--results", type=Path, required=True, help="results/rehearse")
     docs = commands.add_parser(
         "docs",
         help="write README.md and docs/*.md from docs/templates and the snapshots",
@@ -258,6 +273,14 @@ def _prepare_data(args: argparse.Namespace) -> None:
         names = [f.name for f in dataclasses.fields(MiniSpec)]
         manifest = write_mini(args.out, MiniSpec(**{n: getattr(args, n) for n in names}))
         print(f"mini benchmark written to {args.out}: {manifest['classification']}")
+        return
+    if args.synthetic:
+        from repq.data.synthetic import SyntheticSpec, write_synthetic
+
+        names = [f.name for f in dataclasses.fields(SyntheticSpec)]
+        spec = SyntheticSpec(**{n: getattr(args, n) for n in names})
+        manifest = write_synthetic(args.out, spec, seed=args.seed)
+        print(f"synthetic data written to {args.out}: {manifest['imagenet']}")
         return
     from repq.engine.tasks import make_task
 
@@ -341,9 +364,19 @@ def _tracking_sync(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    {"tables": _report_tables, "snapshot": _report_snapshot, "docs": _report_docs}[
-        args.report_command
-    ](args)
+    commands = {
+        "tables": _report_tables,
+        "snapshot": _report_snapshot,
+        "rehearsal": _report_rehearsal,
+        "docs": _report_docs,
+    }
+    commands[args.report_command](args)
+
+
+def _report_rehearsal(args: argparse.Namespace) -> None:
+    from repq.report.rehearsal import write_rehearsal
+
+    print(f"rehearsal measurements: {write_rehearsal(args.results)}")
 
 
 def _report_snapshot(args: argparse.Namespace) -> None:

@@ -50,8 +50,22 @@ def checked_config(config: dict, schema_path: str) -> dict:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise ConfigError(f"{problems[0]}{more}")
     config = with_defaults(config, schema)
+    config = selected(config)
     check_config(config)
     return config
+
+
+def selected(config: dict) -> dict:
+    """The config with only the experiments ``only:`` names (all where it is absent);
+    a ConfigError names one that is not configured."""
+    only = config.get("only")
+    if not only:
+        return config
+    unknown = [name for name in only if name not in config["experiments"]]
+    if unknown:
+        configured = ", ".join(config["experiments"])
+        raise ConfigError(f"only: {unknown} are not configured experiments ({configured})")
+    return {**config, "experiments": {n: config["experiments"][n] for n in only}}
 
 
 def tasks(config: dict) -> list[str]:
@@ -222,10 +236,11 @@ def set_args(
     return " ".join(f"--set {_quote(f'{k}={json.dumps(v)}')}" for k, v in values.items())
 
 
-def mini_args(mini: Mapping) -> str:
-    """``repq prepare-data --mini`` options for the ``mini:`` keys that are set (the
-    others keep the defaults of :class:`repq.data.mini.MiniSpec`)."""
-    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in mini.items() if k != "out")
+def data_spec_args(spec: Mapping) -> str:
+    """``repq prepare-data --mini`` (``--synthetic``) options for the ``mini:``
+    (``synthetic:``) keys that are set; the others keep the defaults of
+    :class:`repq.data.mini.MiniSpec` (:class:`repq.data.synthetic.SyntheticSpec`)."""
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in spec.items() if k != "out")
 
 
 def tracking_env(config: dict, environ: Mapping[str, str], results: str) -> dict[str, str]:

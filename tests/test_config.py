@@ -60,7 +60,8 @@ def test_environment_yml_pins_what_pyproject_pins():
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     dev = {p for p in extras["dev"] if not p.startswith("repq[")}
-    dev |= {p for extra in extras["dev"] if extra.startswith("repq[") for p in extras[extra[5:-1]]}
+    included = [n for e in extras["dev"] if e.startswith("repq[") for n in e[5:-1].split(",")]
+    dev |= {p for name in included for p in extras[name]}
     pinned = set(project["dependencies"]) | dev
     environment = yaml.safe_load((root / "environment.yml").read_text())
     pip = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict))

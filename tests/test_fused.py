@@ -1,5 +1,5 @@
 """The fused quantize-quantize-convolve path against the separate one (each quantizer's
-LSQFunction, then the conv or linear): outputs, gradients of the input, weight, bias and
+lsq op, then the conv or linear): outputs, gradients of the input, weight, bias and
 both steps, and what each path saves for backward."""
 
 from __future__ import annotations

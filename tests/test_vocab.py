@@ -68,6 +68,13 @@ def test_workflow_mini_keys_are_the_mini_spec():
     assert keys == {f.name for f in dataclasses.fields(MiniSpec)} | {"out"}
 
 
+def test_workflow_synthetic_keys_are_the_synthetic_spec():
+    from repq.data.synthetic import SyntheticSpec
+
+    keys = set(WORKFLOW_SCHEMA["properties"]["synthetic"]["properties"])
+    assert keys == {f.name for f in dataclasses.fields(SyntheticSpec)} | {"out", "seed"}
+
+
 def test_recipe_schema_follows_the_vocabulary():
     properties = RECIPE_SCHEMA["properties"]
     zoo, timm = properties["model"]["properties"]["name"]["anyOf"]
@@ -194,9 +201,9 @@ def test_jobs_log_where_the_config_then_the_environment_then_the_results_folder_
 
 
 def test_mini_options_are_the_keys_a_config_sets():
-    from repq.pipeline import mini_args
+    from repq.pipeline import data_spec_args
 
-    assert mini_args({"out": "x", "seed": 3, "val_per_class": 100}) == (
+    assert data_spec_args({"out": "x", "seed": 3, "val_per_class": 100}) == (
         "--seed 3 --val-per-class 100"
     )
     options = build_parser().parse_args(["prepare-data", "--mini", "--seed", "3"])

@@ -189,6 +189,12 @@ def image_folder(
     return ImageFolder(str(root), transform=transform, loader=loader)
 
 
+def keep_samples(folder: ImageFolder, indices: list[int]) -> None:
+    """Keep only these samples of ``folder`` (``limits.eval_items``)."""
+    folder.samples = folder.imgs = [folder.samples[i] for i in indices]
+    folder.targets = [folder.targets[i] for i in indices]
+
+
 def seeded_split(folder: ImageFolder, decode: str, cache: bool = False) -> Dataset:
     """A split keyed by ``(index, seed)``, decoded in the workers or on the device."""
     if decode not in DECODE_WHERE:

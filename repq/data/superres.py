@@ -172,6 +172,12 @@ class SRTestSet(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def keep(self, indices: list[int]) -> None:
+        """Keep only these images (``limits.eval_items``)."""
+        self.files = [self.files[i] for i in indices]
+        if self.lr_files is not None:
+            self.lr_files = [self.lr_files[i] for i in indices]
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         path = self.files[index]
         if self.lr_files is None:

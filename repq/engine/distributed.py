@@ -43,6 +43,14 @@ def setup(device: str = "auto") -> Context:
     return Context(rank, world, local_rank, chosen)
 
 
+def peak_memory(ctx: Context) -> dict[str, float]:
+    """This process's peak device memory so far, ``{"cuda_max_allocated_mb": ...}`` on
+    CUDA (the job's peak RSS is Snakemake's ``benchmark:``), nothing on the CPU."""
+    if ctx.device.type != "cuda":
+        return {}
+    return {"cuda_max_allocated_mb": torch.cuda.max_memory_allocated(ctx.device) / 2**20}
+
+
 def barrier(ctx: Context) -> None:
     if ctx.distributed:
         dist.barrier()

@@ -11,7 +11,7 @@ import torch
 
 from repq.config import flatten
 from repq.engine.build import deploy_form, model_from_file
-from repq.engine.distributed import Context, setup
+from repq.engine.distributed import Context, peak_memory, setup
 from repq.engine.tasks import Task, make_task, means
 from repq.files import atomic_write
 from repq.tracking import Tracker, stage_run
@@ -62,6 +62,7 @@ def evaluate(config: dict, model_files: list[Path], out: Path, threads: int = 1)
     content = {
         "results": results,
         "cpu_seconds": {"startup": startup, "total": time.process_time()},
+        **peak_memory(ctx),
     }
     atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(content, indent=2)))
     tracker.close()  # the results are written; undelivered tracking: exit 3

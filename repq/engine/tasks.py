@@ -24,6 +24,13 @@ from repq.errors import ConfigError, DataError
 from repq.vocab import TASKS
 
 
+def evenly_spaced(count: int, keep: int) -> list[int]:
+    """``keep`` indices of ``range(count)`` spread evenly from the first (all if fewer)."""
+    if keep >= count:
+        return list(range(count))
+    return [i * count // keep for i in range(keep)]
+
+
 def means(scores: dict[str, torch.Tensor]) -> dict[str, float]:
     """The metrics of per-item ``scores``: the mean of each."""
     return {name: items.mean().item() for name, items in scores.items()}
@@ -42,6 +49,7 @@ class Task(ABC):
         self.facts = TASKS[config["task"]]
         self.select = self.facts.selection
         self.primary = self.facts.primary
+        self.limits = config.get("limits", {})
 
     @abstractmethod
     def train_set(self) -> Dataset:
@@ -50,6 +58,19 @@ class Task(ABC):
     @property
     def samples_per_epoch(self) -> int | None:
         return None
+
+    def epoch_samples(self, length: int, batch_size: int) -> int:
+        """Samples an epoch draws from a training set of ``length``: the task's, or
+        ``limits.steps_per_epoch`` batches of ``batch_size`` where that is fewer."""
+        steps = self.limits.get("steps_per_epoch")
+        samples = self.samples_per_epoch or length
+        return samples if steps is None else min(samples, steps * batch_size)
+
+    def _eval_indices(self, count: int) -> list[int]:
+        """The evaluation items kept of ``count``: all, or ``limits.eval_items`` of them
+        evenly spaced (so a capped ImageNet val still spans the classes)."""
+        keep = self.limits.get("eval_items")
+        return list(range(count)) if keep is None else evenly_spaced(count, keep)
 
     @staticmethod
     @abstractmethod
@@ -90,6 +111,7 @@ class ClassificationTask(Task):
         self._val_batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._train = self._folder(root / "train", True) if train else None  # checked
         self._val = self._folder(root / "val", False)
+        self._keep_eval_items(self._val)
         classes = self._val.classes
         if self._train is not None and self._train.classes != classes:
             raise DataError(f"{root}/val has classes {classes}, train has {self._train.classes}")
@@ -112,6 +134,11 @@ class ClassificationTask(Task):
             crop_scale=tuple(self.data.get("crop_scale", CROP_SCALE)),
             cache=self.cache,
         )
+
+    def _keep_eval_items(self, folder) -> None:
+        from repq.data.classification import keep_samples
+
+        keep_samples(folder, self._eval_indices(len(folder)))
 
     def _split(self, folder) -> Dataset:
         from repq.data.classification import seeded_split
@@ -205,6 +232,8 @@ class SuperResTask(Task):
             name: SRTestSet(path, self.scale, verify, min_sr_side(self.scale), test_lr.get(name))
             for name, path in self.data["test"].items()
         }
+        for test in self._tests.values():
+            test.keep(self._eval_indices(len(test)))
         self.primary = f"{self.facts.primary}/{next(iter(self._tests))}"
 
     def train_set(self) -> Dataset:

@@ -157,7 +157,7 @@ class Trainer:
             True,
             self.ctx.rank,
             world,
-            self.task.samples_per_epoch,
+            self.task.epoch_samples(len(dataset), batch),
         )
         workers = self.job.config["data"].get("workers", 0)
         loader = DataLoader(
@@ -394,6 +394,7 @@ class Trainer:
             "images_per_sec": self.history[-1].get("images_per_sec"),
             "run_id": self.tracker.run_id,
             "cpu_seconds": {"startup": self.startup_cpu, "total": time.process_time()},
+            **distributed.peak_memory(self.ctx),
         }
         _write_text(out / "history.csv", _history_csv(self.history))
         from repq.report.figures import curve_figure  # matplotlib: only when a job ends

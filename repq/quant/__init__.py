@@ -8,12 +8,11 @@ from repq.quant.layers import (
     set_recompute,
     wrap_quantized,
 )
-from repq.quant.lsq import LSQFunction, LSQQuantizer, lsq_fake_quantize, quant_range
+from repq.quant.lsq import LSQQuantizer, lsq_fake_quantize, quant_range
 from repq.quant.policy import LayerPrecision, PrecisionPolicy
 
 __all__ = [
     "INIT_RULES",
-    "LSQFunction",
     "LSQQuantizer",
     "LayerPrecision",
     "PrecisionPolicy",

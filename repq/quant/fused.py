@@ -1,7 +1,7 @@
 """Quantize the input, quantize the weight, convolve (or multiply): one autograd
 function that saves the float input and weight only.
 
-The separate path (:class:`~repq.quant.lsq.LSQFunction` on each operand, then the conv)
+The separate path (:func:`~repq.quant.lsq.lsq_op` on each operand, then the conv)
 keeps four tensors for backward: ``x`` and ``W`` for the two LSQ backwards, and
 ``Q_a(x)`` and ``Q_w(W)`` for the conv's. Here backward recomputes ``Q_a(x)`` and
 ``Q_w(W)`` from ``x`` and ``W`` (one elementwise pass each), so the quantized

@@ -38,28 +38,55 @@ kernel is the faster (``benchmarks/lsq_kernels.py``); :func:`torch_kernels_on` c
 set (tests, benchmarks)."""
 
 
-class LSQFunction(torch.autograd.Function):
-    """Fused LSQ fake quantization: one tensor (``x``) saved, gradients recomputed.
+@torch.library.custom_op("repq::lsq", mutates_args=())
+def lsq_op(x: Tensor, step: Tensor, qmin: int, qmax: int, grad_factor: float) -> Tensor:
+    """LSQ fake quantization as one op of torch's library (``torch.ops.repq.lsq``): the
+    forward of :func:`fake_quantize`, the backward of :func:`lsq_gradients` (registered
+    below), so ``torch.compile`` and ``torch.export`` see one opaque node per quantizer
+    and eager mode runs the fastest kernel the tensors allow. One tensor (``x``) is saved;
+    the gradients are recomputed.
 
     ``d out / d x = 1`` where ``round(x / s)`` lies in ``[qmin, qmax]``, else 0;
     ``d out / d s = round(x / s) - x / s`` inside, ``clamp(round(x / s))`` outside,
-    times ``grad_factor`` and summed over the elements each step covers. On the CPU both
-    passes run as one C++ pass each (:mod:`repq.cpu_kernel`), or else as torch ops
-    in chunks of about ``CHUNK_ELEMENTS``; on CUDA as torch's fused learnable fake-quant
-    kernels (:func:`torch_kernel_takes`).
+    times ``grad_factor`` and summed over the elements each step covers.
     """
+    return fake_quantize(x, step, qmin, qmax)
 
-    @staticmethod
-    def forward(ctx, x: Tensor, step: Tensor, qmin: int, qmax: int, grad_factor: float) -> Tensor:
-        ctx.save_for_backward(x, step)
-        ctx.bounds = (qmin, qmax, grad_factor)
-        return fake_quantize(x, step, qmin, qmax)
 
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        x, step = ctx.saved_tensors
-        grad_x, grad_step = lsq_gradients(x, grad, step, *ctx.bounds, ctx.needs_input_grad[1])
-        return grad_x, grad_step, None, None, None
+@lsq_op.register_fake
+def _lsq_fake(x: Tensor, step: Tensor, qmin: int, qmax: int, grad_factor: float) -> Tensor:
+    return torch.empty_like(x, dtype=torch.promote_types(x.dtype, step.dtype))
+
+
+@torch.library.custom_op("repq::lsq_backward", mutates_args=())
+def lsq_backward_op(
+    x: Tensor, grad: Tensor, step: Tensor, qmin: int, qmax: int, grad_factor: float
+) -> tuple[Tensor, Tensor]:
+    """``(d L / d x, d L / d step)`` of :func:`lsq_op` (``torch.ops.repq.lsq_backward``)."""
+    grad_x, grad_step = lsq_gradients(x, grad, step, qmin, qmax, grad_factor)
+    return grad_x, grad_step
+
+
+@lsq_backward_op.register_fake
+def _lsq_backward_fake(
+    x: Tensor, grad: Tensor, step: Tensor, qmin: int, qmax: int, grad_factor: float
+) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(grad, dtype=x.dtype), torch.empty_like(step)
+
+
+def _lsq_setup(ctx, inputs: tuple, output: Tensor) -> None:
+    x, step, *bounds = inputs
+    ctx.save_for_backward(x, step)
+    ctx.bounds = tuple(bounds)
+
+
+def _lsq_grad(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+    x, step = ctx.saved_tensors
+    grad_x, grad_step = lsq_backward_op(x, grad, step, *ctx.bounds)
+    return grad_x, grad_step if ctx.needs_input_grad[1] else None, None, None, None
+
+
+lsq_op.register_autograd(_lsq_grad, setup_context=_lsq_setup)
 
 
 def fake_quantize(x: Tensor, step: Tensor, qmin: int, qmax: int) -> Tensor:
@@ -262,7 +289,7 @@ def _gradients_into(
 
 def lsq_fake_quantize(x: Tensor, step: Tensor, qmin: int, qmax: int, grad_factor: float) -> Tensor:
     """Fake-quantize ``x`` with ``step`` (broadcastable to ``x``) onto ``[qmin, qmax]``."""
-    return LSQFunction.apply(x, step, qmin, qmax, grad_factor)
+    return lsq_op(x, step, qmin, qmax, grad_factor)
 
 
 def quant_range(bits: int, signed: bool) -> tuple[int, int]:

@@ -5,7 +5,7 @@ if MINI:
             manifest=f"{MINI_OUT}/manifest.json",
         params:
             out=parent,
-            spec=pipeline.mini_args(MINI),
+            spec=pipeline.data_spec_args(MINI),
         log:
             f"{RESULTS}/logs/prepare_mini.log",
         conda:
@@ -15,7 +15,24 @@ if MINI:
 
 else:
 
+    if SYNTHETIC:
+
+        rule prepare_synthetic:
+            output:
+                manifest=f"{SYNTHETIC_OUT}/manifest.json",
+            params:
+                out=parent,
+                spec=pipeline.data_spec_args(SYNTHETIC),
+            log:
+                f"{RESULTS}/logs/prepare_synthetic.log",
+            conda:
+                ENV
+            shell:
+                "repq prepare-data --synthetic --out {params.out} {params.spec} > {log} 2>&1"
+
     rule check_data:
+        input:
+            f"{SYNTHETIC_OUT}/manifest.json" if SYNTHETIC else [],
         output:
             touch(f"{RESULTS}/data/{{experiment}}/{{variant}}.checked"),
         params:

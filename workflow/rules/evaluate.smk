@@ -13,6 +13,9 @@ rule evaluate:
     resources:
         mem_mb=RESOURCES.get("mem_mb", 2000),
         runtime=RESOURCES.get("eval_runtime", 30),
+    benchmark:
+        # the job's wall time, peak RSS and CPU time (Snakemake measures them)
+        f"{RESULTS}/benchmarks/evaluate/{{experiment}}/{{variant}}/seed{{seed}}.tsv",
     log:
         f"{RESULTS}/logs/evaluate/{{experiment}}/{{variant}}/seed{{seed}}.log",
     conda:

@@ -46,6 +46,9 @@ rule train:
         gpu=GPUS,
         mem_mb=RESOURCES.get("mem_mb", 2000),
         runtime=RESOURCES.get("runtime", 60),
+    benchmark:
+        # the job's wall time, peak RSS and CPU time (Snakemake measures them)
+        f"{RESULTS}/benchmarks/train/{{experiment}}/{{variant}}/seed{{seed}}/{{stage}}.tsv",
     log:
         f"{RESULTS}/logs/train/{{experiment}}/{{variant}}/seed{{seed}}/{{stage}}.log",
     conda:
