@@ -104,15 +104,21 @@ def kernel() -> ModuleType | None:
 
 def usable(*tensors: torch.Tensor, family: str = "lsq") -> bool:
     """Whether the ``family``'s kernels are on and take these tensors (contiguous, CPU,
-    float32/64, one dtype)."""
+    float32/64, one dtype). Each kernel runs inside a ``torch.library`` op with a fake
+    implementation, so a compiled or exported graph calls it too."""
     first = tensors[0]
-    if family not in _state["enabled"]:
-        return False
-    if first.dtype not in DTYPES or torch.compiler.is_compiling():
+    if first.dtype not in DTYPES or not _available(family):
         return False
     if any(t.device.type != "cpu" or t.dtype != first.dtype for t in tensors):
         return False
-    return all(t.is_contiguous() for t in tensors) and kernel() is not None
+    return all(t.is_contiguous() for t in tensors)
+
+
+@torch.compiler.assume_constant_result
+def _available(family: str) -> bool:
+    """Whether the ``family``'s kernels are on and built (a constant to a compiled
+    graph, which does not trace the build)."""
+    return family in _state["enabled"] and kernel() is not None
 
 
 @contextlib.contextmanager

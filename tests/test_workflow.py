@@ -126,6 +126,57 @@ def test_dry_run_of_the_paper_plans_every_job(workdir):
     assert "torchrun --standalone --nproc_per_node=8 -m repq train" in _shell_of(workdir)
 
 
+REHEARSAL = ["--configfile", "config/paper.yaml", "config/rehearse.yaml"]
+REHEARSAL_SLICE = ["--config", "only=[repvgg_a0,ecbsr_x2]"]
+
+
+def test_the_rehearsal_plans_every_job_of_the_paper_and_writes_its_data_first(workdir):
+    counts = job_counts(snakemake(workdir, "-n", "--cores", "2", *REHEARSAL).stdout)
+    paper = job_counts(snakemake(workdir, "-n", "--cores", "2", REHEARSAL[0], REHEARSAL[1]).stdout)
+    assert counts == {**paper, "prepare_synthetic": 1}
+    sliced = job_counts(
+        snakemake(workdir, "-n", "--cores", "2", *REHEARSAL, *REHEARSAL_SLICE).stdout
+    )
+    # RepVGG-A0: fp, fp-bnest, (PTQ + 3 methods) x 2 bits; ECBSR x2: fp, (PTQ + 2) x 2
+    assert sliced["train"] == 10 + 7 and sliced["check_data"] == 2 and sliced["export"] == 2
+
+
+def test_the_rehearsal_slice_runs_every_job_at_full_size(workdir):
+    """The CI slice of ``make rehearse``: full-width RepVGG-A0 at 224x224 and ECBSR-M4C16
+    x2 on synthetic ImageNet/DIV2K/benchmark folders, every method and bit width, PTQ,
+    evaluation, export and the tables; each job's measurements in rehearsal.md."""
+    snakemake(
+        workdir, "--cores", "2", "--profile", "profiles/default", *REHEARSAL, *REHEARSAL_SLICE
+    )
+    results = workdir / "results" / "rehearse"
+    data = results / "data"
+    assert len(list((data / "imagenet" / "train").iterdir())) == 1000
+    assert (data / "DIV2K" / "DIV2K_train_LR_bicubic" / "X4" / "0001x4.png").exists()
+    assert len(list((data / "sr_benchmark" / "Urban100" / "HR").iterdir())) == 100
+    runs = results / "runs"
+    config = json.loads((runs / "repvgg_a0/base/seed0/qat-bnest-4/config.json").read_text())
+    assert config["data"]["image_size"] == 224 and "width_mult" not in config["model"]["kwargs"]
+    assert config["limits"] == {"steps_per_epoch": 2, "eval_items": 16}
+    onnx = sorted(str(p.relative_to(runs)) for p in runs.glob("**/model.onnx"))
+    assert len(onnx) == 8 + 6  # every PTQ and QAT model
+    evaluation = json.loads((runs / "repvgg_a0/base/seed0/evaluation.json").read_text())
+    assert {len(r["per_item"]["top1"]) for r in evaluation["results"]} == {16}
+    for table in ("classification", "superres", "deployment"):
+        assert (results / "tables" / f"{table}.md").exists()
+    done = subprocess.run(
+        [str(BIN / "repq"), "report", "rehearsal", "--results", str(results)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "rehearsal.md" in done.stdout
+    summary = json.loads((results / "tables" / "rehearsal.json").read_text())
+    rules = [row["rule"] for row in summary["jobs"]]
+    assert rules.count("train") == 17 and rules.count("evaluate") == 2
+    assert all(row["seconds"] > 0 for row in summary["jobs"])
+    assert len(summary["onnx_mib"]) == 14
+    full_width = summary["onnx_mib"]["repvgg_a0/base/seed0/qat-repq-8"]
+    assert 7 < full_width < 12  # RepVGG-A0's 8.3M weights as int8 plus scales and graph
+
+
 def test_dry_run_of_the_timm_experiment_plans_its_five_methods(workdir):
     args = ["-n", "-p", "--cores", "2", "--configfile", "config/timm.yaml"]
     result = snakemake(workdir, *args)
@@ -177,6 +228,11 @@ def _error_lines(result: subprocess.CompletedProcess) -> list[str]:
         (
             "variants={base: {set: {train.epochs: 3}}}",
             "config error: variants: 'base' should not be valid under {'const': 'base'}",
+        ),
+        (
+            "only=[repvgg_a1]",
+            "config error: only: ['repvgg_a1'] are not configured experiments (repvgg_a0, "
+            "repvgg_b0, ac_resnet18, orepa_resnet18, ecbsr_x2)",
         ),
     ],
 )

@@ -96,7 +96,7 @@ def fake_quantize(x: Tensor, step: Tensor, qmin: int, qmax: int) -> Tensor:
         return _torch_forward(x, step, qmin, qmax)
     if _kernel_takes(x, step):
         out = torch.empty_like(x)
-        with record_function("repq::lsq_fake_quantize"):
+        with record_function("repq::lsq_cpu_forward"):
             cpu_kernel.kernel().fake_quantize(x, step, qmin, qmax, out)
         return out
     return reference_fake_quantize(x, step, qmin, qmax)
@@ -129,7 +129,7 @@ def lsq_gradients(
         return grad_x, grad_step if step_grad else None
     if _kernel_takes(x, step, grad):
         grad_x = grad if reuse_grad else torch.empty_like(grad)
-        with record_function("repq::lsq_backward"):
+        with record_function("repq::lsq_cpu_backward"):
             sums = cpu_kernel.kernel().lsq_backward(x, grad, step, qmin, qmax, grad_x)
         return grad_x, sums.reshape(step.shape).mul_(grad_factor) if step_grad else None
     return reference_lsq_gradients(x, grad, step, qmin, qmax, grad_factor, step_grad)

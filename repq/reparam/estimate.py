@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from torch.autograd.profiler import record_function
 
 from repq import cpu_kernel
 from repq.reparam.stats import (
@@ -57,46 +56,115 @@ def _column(v: Tensor) -> Tensor:
     return v.reshape(-1, 1, 1, 1)
 
 
+def _absent_as_none(flat: list[Tensor]) -> list[Tensor | None]:
+    """The ops' branch tensors with an empty tensor for an absent one (a list of tensors,
+    so that autograd reaches each) as the kernel takes them: None where absent."""
+    return [None if t.numel() == 0 else t for t in flat]
+
+
+@torch.library.custom_op("repq::estimated_merge", mutates_args=())
+def estimated_merge_op(
+    flat: list[Tensor],
+    eps: list[float],
+    mean_x: Tensor,
+    var_x: Tensor,
+    groups: int,
+    kh: int,
+    kw: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The C++ merge (``torch.ops.repq.estimated_merge``): ``(kernel, bias, stats,
+    factors)``; ``stats`` (``[BN branches, 2, out]``) are each BN branch's estimated mean
+    (with its bias) and variance, ``factors`` (``[branches, 3, out]``) what backward
+    reads. ``eps`` is negative for a branch without BN, an empty tensor of ``flat``
+    stands for an absent one."""
+    kernel, bias, stats, factors = cpu_kernel.kernel().estimated_merge_forward(
+        _absent_as_none(flat), eps, mean_x, var_x, groups, kh, kw
+    )
+    return kernel, bias, stats, factors
+
+
+@estimated_merge_op.register_fake
+def _merge_fake(flat, eps, mean_x, var_x, groups, kh, kw):
+    out, in_per_group = flat[0].shape[:2]
+    norms = sum(e >= 0 for e in eps)
+    return (
+        mean_x.new_empty(out, in_per_group, kh, kw),
+        mean_x.new_empty(out),
+        mean_x.new_empty(norms, 2, out),
+        mean_x.new_empty(len(eps), 3, out),
+    )
+
+
+@torch.library.custom_op("repq::estimated_merge_backward", mutates_args=())
+def estimated_merge_backward_op(
+    flat: list[Tensor],
+    eps: list[float],
+    mean_x: Tensor,
+    var_x: Tensor,
+    groups: int,
+    factors: Tensor,
+    grad_kernel: Tensor,
+    grad_bias: Tensor,
+    wanted: list[bool],
+) -> list[Tensor]:
+    """The gradients of ``flat`` (empty where not ``wanted`` or absent), then of the
+    input's mean and variance (``torch.ops.repq.estimated_merge_backward``)."""
+    grads = cpu_kernel.kernel().estimated_merge_backward(
+        _absent_as_none(flat), eps, mean_x, var_x, groups, factors, grad_kernel, grad_bias, wanted
+    )
+    return [mean_x.new_empty(0) if g is None else g for g in grads]
+
+
+@estimated_merge_backward_op.register_fake
+def _merge_backward_fake(flat, eps, mean_x, var_x, groups, factors, grad_kernel, grad_bias, wanted):
+    grads = [
+        t.new_empty(t.shape) if w else mean_x.new_empty(0)
+        for t, w in zip(flat, wanted, strict=True)
+    ]
+    return [*grads, torch.empty_like(mean_x), torch.empty_like(var_x)]
+
+
+def _merge_setup(ctx, inputs: tuple, output: tuple) -> None:
+    flat, eps, mean_x, var_x, groups, *_ = inputs
+    ctx.save_for_backward(mean_x, var_x, output[3], *flat)
+    ctx.eps, ctx.groups = eps, groups
+    ctx.wanted = [t.numel() > 0 and t.requires_grad for t in flat]
+
+
+def _merge_grad(ctx, grad_kernel: Tensor, grad_bias: Tensor, *_) -> tuple:
+    mean_x, var_x, factors, *flat = ctx.saved_tensors
+    grad_kernel = torch.zeros_like(flat[0]) if grad_kernel is None else grad_kernel
+    grad_bias = factors.new_zeros(factors.shape[2]) if grad_bias is None else grad_bias
+    *grads, grad_mean_x, grad_var_x = estimated_merge_backward_op(
+        flat, ctx.eps, mean_x, var_x, ctx.groups, factors, grad_kernel, grad_bias, ctx.wanted
+    )
+    grads = [g if w else None for g, w in zip(grads, ctx.wanted, strict=True)]
+    return grads, None, grad_mean_x, grad_var_x, None, None, None
+
+
+estimated_merge_op.register_autograd(_merge_grad, setup_context=_merge_setup)
+
+
 class EstimatedMerge(torch.autograd.Function):
-    """``(kernel, bias, stats)`` of a block under S3/S8; ``stats`` (``[branches, 2,
-    out]``, no gradient) are each BN branch's estimated mean (with its bias) and
-    variance, for the running statistics. On the CPU the C++ kernel
-    (:mod:`repq.cpu_kernel`) computes both directions, else :func:`merge_ops` and
-    :func:`merge_ops_backward`."""
+    """``(kernel, bias, stats)`` of a block under S3/S8 as torch ops (:func:`merge_ops`
+    and :func:`merge_ops_backward`), where the C++ merge (:func:`estimated_merge_op`)
+    does not take the tensors (CUDA)."""
 
     @staticmethod
     def forward(ctx, size, groups, eps, mean_x, var_x, *flat):
         ctx.save_for_backward(mean_x, var_x, *flat)
-        present = [t for t in flat if t is not None]
-        ctx.on_kernel = cpu_kernel.usable(mean_x, var_x, *present, family="bnest")
-        # the kernel's "no BN" is a negative eps
-        ctx.groups = groups
-        ctx.eps = [-1.0 if e is None else e for e in eps] if ctx.on_kernel else eps
-        if ctx.on_kernel:
-            with record_function("repq::estimated_merge"):
-                kernel, bias, stats, *ctx.factors = cpu_kernel.kernel().estimated_merge_forward(
-                    list(flat), ctx.eps, mean_x, var_x, groups, *size
-                )
-        else:
-            kernel, bias, stats, ctx.factors = merge_ops(size, groups, eps, mean_x, var_x, flat)
+        ctx.groups, ctx.eps = groups, eps
+        kernel, bias, stats, ctx.factors = merge_ops(size, groups, eps, mean_x, var_x, flat)
         ctx.mark_non_differentiable(stats)
         return kernel, bias, stats
 
     @staticmethod
     def backward(ctx, grad_kernel, grad_bias, _):
         mean_x, var_x, *flat = ctx.saved_tensors
-        wanted = ctx.needs_input_grad[5:]
-        if ctx.on_kernel:
-            with record_function("repq::estimated_merge_backward"):
-                *grads, grad_mean_x, grad_var_x = cpu_kernel.kernel().estimated_merge_backward(
-                    flat, ctx.eps, mean_x, var_x, ctx.groups, *ctx.factors, grad_kernel,
-                    grad_bias, list(wanted),
-                )  # fmt: skip
-        else:
-            *grads, grad_mean_x, grad_var_x = merge_ops_backward(
-                ctx.groups, ctx.eps, (mean_x, var_x), flat, ctx.factors, (grad_kernel, grad_bias),
-                wanted,
-            )  # fmt: skip
+        *grads, grad_mean_x, grad_var_x = merge_ops_backward(
+            ctx.groups, ctx.eps, (mean_x, var_x), flat, ctx.factors, (grad_kernel, grad_bias),
+            ctx.needs_input_grad[5:],
+        )  # fmt: skip
         return None, None, None, grad_mean_x, grad_var_x, *grads
 
 
@@ -229,9 +297,18 @@ def estimated_kernel_bias(
     dtype = branches[0].kernel.dtype
     eps = tuple(None if b.norm is None else b.norm.eps for b in branches)
     flat = [None if t is None else t.contiguous() for b in branches for t in _branch_tensors(b)]
-    kernel, bias, stats = EstimatedMerge.apply(
-        block.kernel_size, block.groups, eps, mean_x.to(dtype), var_x.to(dtype), *flat
-    )
+    mean_x, var_x = mean_x.to(dtype), var_x.to(dtype)
+    present = [t for t in flat if t is not None]
+    if cpu_kernel.usable(mean_x, var_x, *present, family="bnest"):
+        no_norm = [-1.0 if e is None else e for e in eps]  # the kernel's "no BN"
+        tensors = [mean_x.new_empty(0) if t is None else t for t in flat]
+        kernel, bias, stats, _ = estimated_merge_op(
+            tensors, no_norm, mean_x, var_x, block.groups, *block.kernel_size
+        )
+    else:
+        kernel, bias, stats = EstimatedMerge.apply(
+            block.kernel_size, block.groups, eps, mean_x, var_x, *flat
+        )
     norms = [b.norm for b in branches if b.norm is not None]
     for norm, (mean, var) in zip(norms, stats, strict=True):
         update_running_stats(norm, mean, var, count)

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.profiler import record_function
 
 from repq import cpu_kernel
 
@@ -66,36 +65,63 @@ def update_running_stats(norm: nn.BatchNorm2d, mean: Tensor, var: Tensor, count:
     norm.running_var.lerp_(unbiased.to(norm.running_var.dtype), momentum)
 
 
-class ChannelMoments(torch.autograd.Function):
+def _kernel_takes(*tensors: Tensor) -> bool:
+    """Whether the C++ moments kernels take these (``y`` first: ``[N, C, H, W]``)."""
+    y = tensors[0]
+    return y.dim() == 4 and y.numel() > 0 and cpu_kernel.usable(*tensors, family="bnest")
+
+
+@torch.library.custom_op("repq::channel_moments", mutates_args=())
+def channel_moments_op(y: Tensor) -> tuple[Tensor, Tensor]:
     """Per-channel mean and biased variance over ``(N, H, W)`` of an ``[N, C, H, W]``
-    tensor; backward ``dy = dm / n + 2 dv (y - m) / n`` saves only ``y`` and ``m``. On
-    the CPU one pass each in C++ (:mod:`repq.cpu_kernel`), else :func:`moments_ops`."""
-
-    @staticmethod
-    def forward(ctx, y: Tensor) -> tuple[Tensor, Tensor]:
-        ctx.on_kernel = y.dim() == 4 and y.numel() > 0 and cpu_kernel.usable(y, family="bnest")
-        if ctx.on_kernel:
-            with record_function("repq::channel_moments"):
-                mean, var = cpu_kernel.kernel().channel_moments(y)
-        else:
-            mean, var = moments_ops(y)
-        ctx.save_for_backward(y, mean)
+    tensor, one op of torch's library (``torch.ops.repq.channel_moments``); backward
+    ``dy = dm / n + 2 dv (y - m) / n`` saves only ``y`` and ``m``. On the CPU one pass
+    each in C++ (:mod:`repq.cpu_kernel`), else :func:`moments_ops`."""
+    if _kernel_takes(y):
+        mean, var = cpu_kernel.kernel().channel_moments(y)
         return mean, var
+    return moments_ops(y)
 
-    @staticmethod
-    def backward(ctx, grad_mean: Tensor, grad_var: Tensor) -> Tensor:
-        y, mean = ctx.saved_tensors
-        if ctx.on_kernel and cpu_kernel.usable(grad_mean, grad_var, y, family="bnest"):
-            with record_function("repq::channel_moments_backward"):
-                return cpu_kernel.kernel().channel_moments_backward(y, mean, grad_mean, grad_var)
-        n = y.numel() // y.shape[1]
-        shape = (1, -1, 1, 1)
-        centred = y - mean.reshape(shape)
-        return centred.mul_(grad_var.reshape(shape) * (2.0 / n)).add_(grad_mean.reshape(shape) / n)
+
+@channel_moments_op.register_fake
+def _moments_fake(y: Tensor) -> tuple[Tensor, Tensor]:
+    return y.new_empty(y.shape[1]), y.new_empty(y.shape[1])
+
+
+@torch.library.custom_op("repq::channel_moments_backward", mutates_args=())
+def channel_moments_backward_op(
+    y: Tensor, mean: Tensor, grad_mean: Tensor, grad_var: Tensor
+) -> Tensor:
+    """``d L / d y`` of :func:`channel_moments_op` (``torch.ops.repq.channel_moments_backward``)."""
+    if _kernel_takes(y, mean, grad_mean, grad_var):
+        return cpu_kernel.kernel().channel_moments_backward(y, mean, grad_mean, grad_var)
+    n = y.numel() // y.shape[1]
+    shape = (1, -1, 1, 1)
+    centred = y - mean.reshape(shape)
+    return centred.mul_(grad_var.reshape(shape) * (2.0 / n)).add_(grad_mean.reshape(shape) / n)
+
+
+@channel_moments_backward_op.register_fake
+def _moments_backward_fake(y: Tensor, mean: Tensor, grad_mean: Tensor, grad_var: Tensor) -> Tensor:
+    return torch.empty_like(y)
+
+
+def _moments_setup(ctx, inputs: tuple, output: tuple) -> None:
+    ctx.save_for_backward(inputs[0], output[0])
+
+
+def _moments_grad(ctx, grad_mean: Tensor | None, grad_var: Tensor | None) -> Tensor:
+    y, mean = ctx.saved_tensors
+    grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean
+    grad_var = torch.zeros_like(mean) if grad_var is None else grad_var
+    return channel_moments_backward_op(y, mean, grad_mean, grad_var)
+
+
+channel_moments_op.register_autograd(_moments_grad, setup_context=_moments_setup)
 
 
 def moments_ops(y: Tensor) -> tuple[Tensor, Tensor]:
-    """:class:`ChannelMoments`'s forward as torch ops: two passes (stable like Welford,
+    """:func:`channel_moments_op`'s forward as torch ops: two passes (stable like Welford,
     faster than ``torch.var_mean`` on the CPU)."""
     mean = y.mean((0, 2, 3), keepdim=True)
     var = (y - mean).square_().mean((0, 2, 3))
@@ -103,8 +129,9 @@ def moments_ops(y: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def channel_moments(y: Tensor) -> tuple[Tensor, Tensor]:
-    """``(mean, var)`` per channel of an ``[N, C, H, W]`` tensor (see ChannelMoments)."""
-    return ChannelMoments.apply(y)
+    """``(mean, var)`` per channel of an ``[N, C, H, W]`` tensor (see
+    :func:`channel_moments_op`)."""
+    return channel_moments_op(y)
 
 
 class BatchStats(PerBranch):
