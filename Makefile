@@ -97,7 +97,8 @@ bench-gpu: $(STAMP)
 	$(BIN)/python -m pytest tests/test_cuda.py
 
 # The whole GPU path in one prepared script (benchmarks/gpu_check.py: the CUDA tests, the
-# GPU benchmark, a two-GPU NCCL step, the demo DAG on CUDA; about 8 minutes on one GPU),
+# GPU benchmark, a two-GPU NCCL step, the rehearsal's slice on CUDA at the recipes' batch
+# sizes; about 8 minutes on one GPU),
 # one summary in results/gpu-check/summary.json. Without CUDA it stops in one line.
 gpu-check: $(STAMP)
 	@$(BIN)/python benchmarks/gpu_check.py

@@ -11,8 +11,12 @@ Steps, each under its own time limit, each recorded whatever its outcome:
    ``benchmarks/results/gpu-check-<time>.*``;
 3. with two or more GPUs, one DDP training step over NCCL on two processes
    (``benchmarks/ddp_nccl_step.py``): every rank's gradients equal after the all-reduce;
-4. the demo's whole DAG on CUDA (``snakemake``, every job trained, evaluated, exported
-   and tabulated), in ``results/gpu-check/demo``.
+4. the rehearsal's slice on CUDA (``snakemake`` with ``config/paper.yaml`` and
+   ``config/rehearse.yaml``, ``only: [repvgg_a0, ecbsr_x2]``): full-width RepVGG-A0 at
+   224x224 and ECBSR x2 at the recipes' batch sizes (256 and 32), every method and bit
+   width, evaluated, exported and tabulated, in ``results/gpu-check/rehearse`` (the
+   synthetic data in ``config/rehearse.yaml``'s folder), with its ``rehearsal.md`` (each
+   job's wall time, peak RSS and peak CUDA memory).
 
 It writes ``results/gpu-check/summary.json`` (each step's command, exit status, seconds
 and output tail, the device and torch) and exits non-zero if a step failed. Without
@@ -31,7 +35,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "gpu-check"
-LIMITS_S = {"cuda tests": 120, "bench-gpu": 180, "ddp nccl": 60, "demo DAG": 300}
+LIMITS_S = {
+    "cuda tests": 120,
+    "bench-gpu": 150,
+    "ddp nccl": 60,
+    "rehearsal slice": 300,
+    "rehearsal table": 30,
+}
 
 
 def cuda_devices() -> int:
@@ -60,10 +70,15 @@ def steps(gpus: int, stamp: str) -> dict[str, list[str]]:
     if gpus >= 2:
         torchrun = [python, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
         plan["ddp nccl"] = [*torchrun, "benchmarks/ddp_nccl_step.py"]
+    results = OUT.relative_to(ROOT) / "rehearse"
     snakemake = [str(Path(python).parent / "snakemake"), "--profile", "profiles/default"]
-    plan["demo DAG"] = [
+    plan["rehearsal slice"] = [
         *snakemake, "--cores", str(os.cpu_count() or 2),
-        "--config", f"results={OUT.relative_to(ROOT) / 'demo'}",
+        "--configfile", "config/paper.yaml", "config/rehearse.yaml",
+        "--config", "only=[repvgg_a0,ecbsr_x2]", f"results={results}",
+    ]  # fmt: skip
+    plan["rehearsal table"] = [
+        str(Path(python).parent / "repq"), "report", "rehearsal", "--results", str(results)
     ]  # fmt: skip
     return plan
 

@@ -156,7 +156,7 @@ def test_the_rehearsal_slice_runs_every_job_at_full_size(workdir):
     runs = results / "runs"
     config = json.loads((runs / "repvgg_a0/base/seed0/qat-bnest-4/config.json").read_text())
     assert config["data"]["image_size"] == 224 and "width_mult" not in config["model"]["kwargs"]
-    assert config["limits"] == {"steps_per_epoch": 2, "eval_items": 16}
+    assert config["limits"] == {"steps_per_epoch": 2, "eval_items": 16, "cpu_batch_size": 8}
     onnx = sorted(str(p.relative_to(runs)) for p in runs.glob("**/model.onnx"))
     assert len(onnx) == 8 + 6  # every PTQ and QAT model
     evaluation = json.loads((runs / "repvgg_a0/base/seed0/evaluation.json").read_text())

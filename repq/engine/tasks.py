@@ -59,6 +59,13 @@ class Task(ABC):
     def samples_per_epoch(self) -> int | None:
         return None
 
+    def batch_size(self, device: torch.device) -> int:
+        """``train.batch_size``, or ``limits.cpu_batch_size`` where that is smaller and
+        the job runs on the CPU (a rehearsal: the recipe's own batch on a GPU)."""
+        batch = self.config["train"]["batch_size"]
+        cpu_batch = self.limits.get("cpu_batch_size")
+        return min(batch, cpu_batch) if cpu_batch and device.type == "cpu" else batch
+
     def epoch_samples(self, length: int, batch_size: int) -> int:
         """Samples an epoch draws from a training set of ``length``: the task's, or
         ``limits.steps_per_epoch`` batches of ``batch_size`` where that is fewer."""
@@ -170,7 +177,7 @@ class ClassificationTask(Task):
         val = FixedSeed(self._split(self._val))
         return DataLoader(
             val,
-            batch_size=self.config["train"]["batch_size"],
+            batch_size=self.batch_size(torch.device("cpu")),
             num_workers=self.data.get("workers", 0),
             collate_fn=val.collate,
         )

@@ -148,7 +148,7 @@ class Trainer:
 
     def _loader(self) -> tuple[DataLoader, EpochSampler]:
         dataset = self.task.train_set()
-        world, batch = self.ctx.world, self.train_cfg["batch_size"]
+        world, batch = self.ctx.world, self.task.batch_size(self.ctx.device)
         if batch % world:
             raise ConfigError(f"train.batch_size {batch} is not divisible by {world} processes")
         sampler = EpochSampler(
