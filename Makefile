@@ -104,4 +104,4 @@ gpu-check: $(STAMP)
 	@$(BIN)/python benchmarks/gpu_check.py
 
 clean-demo:
-	rm -rf results/mini results/runs results/resume results/logs results/tables results/report.html results/mlflow.db results/mlartifacts results/tracking.ready results/wall_seconds
+	rm -rf results/mini results/runs results/resume results/logs results/benchmarks results/tables results/report.html results/mlflow.db results/mlartifacts results/tracking.ready results/wall_seconds

@@ -37,7 +37,7 @@ from repq.report.claims import planned_half_width, seeds_needed
 
 PROVENANCE = "provenance.json"
 TEMPLATE_SUFFIX = ".j2"
-SNAPSHOT_FILES = ("*.md", "*.csv", "drop.png")
+SNAPSHOT_FILES = ("*.md", "*.csv", "drop.png", "rehearsal.json")
 """What a snapshot keeps of ``<results>/tables`` (not the LaTeX, the SVG or journals)."""
 WALL_TIME = "wall_seconds"
 """The file in a results folder where ``make`` records the run's wall time (seconds)."""
@@ -176,6 +176,9 @@ class Snapshot:
 
     def csv(self, name: str) -> pd.DataFrame:
         return pd.read_csv(self.folder / f"{name}.csv")
+
+    def json(self, name: str) -> Any:
+        return json.loads((self.folder / f"{name}.json").read_text())
 
     def row(self, name: str, **where: Any) -> dict[str, Any]:
         """The one row of ``<name>.csv`` whose columns equal ``where``."""
