@@ -102,14 +102,14 @@ def main() -> None:
     tables = []
     for name in args.models:
         factory, shape, loss = models(args.size, args.size)[name]
-        variants = build_variants(factory)
         x = torch.randn(args.batch, *shape)
+        variants, _ = build_variants(factory, x, args.variants)
         target = torch.randint(0, 1000, (args.batch,))
         if name.startswith("ecbsr"):
             target = torch.randn(args.batch, 1, shape[1] * 2, shape[2] * 2)
         steps = {
             v: Step(variants[v], x, target, loss, False, cpu_kernel_on=v not in TORCH_OPS)
-            for v in args.variants
+            for v in variants
         }
         rows = {v: breakdown(s, args.batch, args.steps, args.large) for v, s in steps.items()}
         tables.append(markdown(f"{name} (batch {args.batch}, {args.size}x{args.size})", rows))

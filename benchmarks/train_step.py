@@ -109,8 +109,10 @@ def storing(model: nn.Module) -> nn.Module:
 
 def build_variants(
     factory: Callable[[], nn.Module], example: torch.Tensor, wanted: Iterable[str] = VARIANTS
-) -> dict[str, nn.Module]:
-    """The ``wanted`` variants of one model (``example``: an input, for torch.export)."""
+) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """The ``wanted`` variants of one model (``example``: an input, for torch.export),
+    and the error of each that could not be built (a quantizer that refuses the graph;
+    Merged may not fail)."""
     torch.manual_seed(0)
     model = factory().train()
     bnest_model = bnest_fp(copy.deepcopy(model))
@@ -126,7 +128,21 @@ def build_variants(
         "torch_ao": lambda: torch_ao_qat(model).train(),
         "torchao_pt2e": lambda: torchao_pt2e_qat(model, example),
     }
-    return {name: build() for name, build in builders.items() if name in wanted}
+    built, failed = {}, {}
+    for name in (n for n in builders if n in wanted):
+        try:
+            built[name] = builders[name]()
+        except (RuntimeError, ValueError) as error:
+            if name == "merged":
+                raise
+            failed[name] = _one_line(error)
+    return built, failed
+
+
+def _one_line(error: Exception) -> str:
+    """An error as one table cell: its type and first line."""
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first_line}"[:300].replace("|", "/")
 
 
 class Step:
@@ -239,8 +255,7 @@ def warm_up(steps: dict[str, Step], rounds: int) -> tuple[dict[str, float], dict
         except RuntimeError as error:
             if key == "merged":
                 raise
-            first_line = (str(error).strip().splitlines() or [""])[0]
-            failed[key] = f"{type(error).__name__}: {first_line}"[:300].replace("|", "/")
+            failed[key] = _one_line(error)
             del steps[key]
             continue
         seconds[key] = time.perf_counter() - start
@@ -250,7 +265,7 @@ def warm_up(steps: dict[str, Step], rounds: int) -> tuple[dict[str, float], dict
 def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> dict:
     factory, shape, loss = models(args.size, args.sr_size)[name]
     x = torch.randn(args.batch, *shape, device=device)
-    built = build_variants(factory, x.cpu(), args.variants)
+    built, unbuilt = build_variants(factory, x.cpu(), args.variants)
     variants = {k: v.to(device) for k, v in built.items()}
     if name.startswith("ecbsr"):
         x = x.abs() * 60 + 16
@@ -285,7 +300,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
         "memory_bytes": memory,
         "saved_bytes": saved,
         "warmup_s": compile_s,
-        "failed": failed,
+        "failed": {**unbuilt, **failed},
         "time_vs_merged": {k: statistics.median(v) for k, v in ratios.items()},
         "time_vs_merged_spread": {k: spread(v) for k, v in ratios.items()},
         "memory_vs_merged": {k: v / memory["merged"] for k, v in memory.items()},

@@ -269,3 +269,21 @@ def test_the_gpu_check_stops_in_one_line_without_cuda():
         "gpu-check: no CUDA device here (torch.cuda.is_available() is False); "
         "run it on a machine with a GPU"
     ]
+
+
+def test_a_variant_that_cannot_be_built_is_reported_and_the_others_run(monkeypatch):
+    """torchao's x86 quantizer refuses OREPA-ResNet-18's deployed graph (a ValueError):
+    the benchmark keeps the error in its table and times the other variants."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import train_step
+
+    def refuses(model, example):
+        raise ValueError("Input partition has more than one output node\nmore")
+
+    monkeypatch.setattr(train_step, "torchao_pt2e_qat", refuses)
+    factory = lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))  # noqa: E731
+    built, failed = train_step.build_variants(
+        factory, torch.randn(2, 3, 8, 8), ("merged", "torchao_pt2e")
+    )
+    assert list(built) == ["merged"]
+    assert failed == {"torchao_pt2e": "ValueError: Input partition has more than one output node"}
