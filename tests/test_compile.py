@@ -33,11 +33,12 @@ def test_a_block_compiles_as_one_graph_forward_and_backward(block):
     layer.train()
     graphs: list[torch.fx.GraphModule] = []
 
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
     def record(gm: torch.fx.GraphModule, inputs):
         graphs.append(gm)
-        return gm.forward
-
-    from torch._dynamo.backends.common import aot_autograd
+        return make_boxed_func(gm.forward)
 
     backend = aot_autograd(fw_compiler=record, bw_compiler=record)
     compiled = torch.compile(layer, fullgraph=True, backend=backend)
