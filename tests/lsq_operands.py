@@ -69,3 +69,19 @@ PRECISIONS = {
     "8-bit unsigned input": {"weight_bits": 8, "input_bits": 8, "input_signed": False},
     "4-bit signed input": {"weight_bits": 4, "input_bits": 4, "input_signed": True},
 }
+
+
+def calibrated_layer(kind: str, precision: str) -> tuple[nn.Module, torch.Tensor]:
+    """A layer of ``LAYERS`` at one of ``PRECISIONS``, calibrated on its input ``x`` and
+    in training mode, and ``x``."""
+    from repq.qat import calibrate
+    from repq.quant.layers import set_recompute
+
+    torch.manual_seed(0)
+    layer = LAYERS[kind](**PRECISIONS[precision]).train()
+    if "stored" in kind:
+        set_recompute(layer, False)
+    x = torch.randn(3, 8, 10, 10) if kind != "linear" else torch.randn(4, 5, 8)
+    x = x if PRECISIONS[precision]["input_signed"] else x.relu()
+    calibrate(layer, [x])
+    return layer.train(), x

@@ -16,9 +16,10 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = ["--models", "ecbsr_m4c16", "--size", "8", "--batch", "2"]
 
 
-def _run(script: str, *args: str) -> str:
+def _script(script: str, *args: str) -> str:
+    """Run a benchmark script (in benchmarks/) with ``args``; its stdout."""
     done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), *TINY, *args],
+        [sys.executable, str(BENCHMARKS / script), *args],
         capture_output=True,
         text=True,
         check=False,
@@ -26,6 +27,10 @@ def _run(script: str, *args: str) -> str:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
+
+
+def _run(script: str, *args: str) -> str:
+    return _script(script, *TINY, *args)
 
 
 def test_train_step_writes_ratios_to_merged_and_peak_memory(tmp_path):
@@ -243,14 +248,9 @@ def test_no_benchmark_touches_a_private_member_of_a_repq_object():
 
 
 def test_lsq_kernels_times_the_three_variants_side_by_side(tmp_path):
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "lsq_kernels.py"), "--rounds", "2", "--warmup", "1"]
-        + ["--out", str(tmp_path), "--tag", "lsq"],
-        capture_output=True,
-        text=True,
-        check=False,
+    _script(
+        "lsq_kernels.py", "--rounds", "2", "--warmup", "1", "--out", str(tmp_path), "--tag", "lsq"
     )
-    assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "lsq.json").read_text())
     assert result["provenance"]["command"].endswith("--tag lsq")
     for variants in result["ms"].values():

@@ -12,7 +12,16 @@ import sys
 import pytest
 import torch
 from conftest import layer_gradients
-from lsq_operands import LAYERS, LAYOUTS, PRECISIONS, RANGES, operands, repq_block, step_terms
+from lsq_operands import (
+    LAYERS,
+    LAYOUTS,
+    PRECISIONS,
+    RANGES,
+    calibrated_layer,
+    operands,
+    repq_block,
+    step_terms,
+)
 from torch import nn
 
 from repq import cpu_kernel
@@ -116,14 +125,7 @@ def test_tensors_the_kernel_does_not_take_run_the_reference():
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("kind", LAYERS)
 def test_every_quantized_layer_trains_alike_with_the_kernel_and_with_torch_ops(kind, precision):
-    torch.manual_seed(0)
-    layer = LAYERS[kind](**PRECISIONS[precision]).train()
-    if "stored" in kind:
-        set_recompute(layer, False)
-    x = torch.randn(3, 8, 10, 10) if kind != "linear" else torch.randn(4, 5, 8)
-    x = x if PRECISIONS[precision]["input_signed"] else x.relu()
-    calibrate(layer, [x])
-    layer.train()
+    layer, x = calibrated_layer(kind, precision)
     out, grads = layer_gradients(layer, x)
     with cpu_kernel.enabled(False, ("lsq",)):  # BNest's kernels on in both: LSQ's alone differs
         ref_out, ref_grads = layer_gradients(layer, x)

@@ -13,10 +13,9 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import layer_gradients
-from lsq_operands import LAYERS, LAYOUTS, PRECISIONS, RANGES, operands, step_terms
+from lsq_operands import LAYERS, LAYOUTS, PRECISIONS, RANGES, calibrated_layer, operands, step_terms
 
 from repq import cpu_kernel
-from repq.qat import calibrate
 from repq.quant.lsq import (
     fake_quantize,
     lsq_gradients,
@@ -84,16 +83,7 @@ def test_torch_kernels_step_gradient_is_the_exact_sum_within_float32_error(layou
 @pytest.mark.parametrize("kind", LAYERS)
 def test_every_quantized_layer_trains_alike_on_torch_kernels_and_on_the_reference(kind, precision):
     """A training step of every quantized layer kind, fused path and stored operands."""
-    from repq.quant.layers import set_recompute
-
-    torch.manual_seed(0)
-    layer = LAYERS[kind](**PRECISIONS[precision]).train()
-    if "stored" in kind:
-        set_recompute(layer, False)
-    x = torch.randn(3, 8, 10, 10) if kind != "linear" else torch.randn(4, 5, 8)
-    x = x if PRECISIONS[precision]["input_signed"] else x.relu()
-    calibrate(layer, [x])
-    layer.train()
+    layer, x = calibrated_layer(kind, precision)
     with cpu_kernel.enabled(False, ("lsq",)):
         ref_out, ref_grads = layer_gradients(layer, x)
         with torch_kernels_on({"cpu"}):
