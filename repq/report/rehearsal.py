@@ -1,5 +1,6 @@
 """What a rehearsal (``make rehearse``) measured: each job's wall time, peak RSS and CPU
-time (Snakemake's ``benchmark:`` files), its peak CUDA memory where it ran on a GPU (the
+time (Snakemake's ``benchmark:`` files: the synthetic data, every training, evaluation
+and export), its peak CUDA memory where it ran on a GPU (the
 job's own JSON), the ONNX files' sizes and the whole DAG's wall time. Written to
 ``<results>/tables/rehearsal.{md,json}``, so a snapshot keeps it."""
 
@@ -17,9 +18,15 @@ JOB_FILES = {"train": "metrics.json", "evaluate": "evaluation.json", "export": "
 """Where a job of each rule records itself (its peak CUDA memory among it)."""
 
 
-def _job_json(results: Path, rule: str, job: str) -> Path:
-    """The JSON a job wrote: in its training's folder, or in its seed's folder."""
-    return results / "runs" / job / JOB_FILES[rule]
+def _cuda_peak(results: Path, rule: str, job: str) -> float | None:
+    """The peak CUDA memory a training, evaluation or export job recorded in its JSON
+    (in its training's or its seed's folder); None on the CPU or for other jobs."""
+    if rule not in JOB_FILES:
+        return None
+    recorded = results / "runs" / job / JOB_FILES[rule]
+    if not recorded.exists():
+        return None
+    return json.loads(recorded.read_text()).get("cuda_max_allocated_mb")
 
 
 def _number(value: object) -> float | None:
@@ -39,10 +46,6 @@ def job_rows(results: Path) -> list[dict]:
         rule, *parts = tsv.relative_to(results / "benchmarks").with_suffix("").parts
         job = "/".join(parts)
         measured = pd.read_csv(tsv, sep="\t").iloc[0]
-        recorded = _job_json(results, rule, job)
-        cuda = None
-        if recorded.exists():
-            cuda = json.loads(recorded.read_text()).get("cuda_max_allocated_mb")
         rows.append(
             {
                 "rule": rule,
@@ -50,7 +53,7 @@ def job_rows(results: Path) -> list[dict]:
                 "seconds": _number(measured.get("s")),
                 "max_rss_mib": _number(measured.get("max_rss")),
                 "cpu_seconds": _number(measured.get("cpu_time")),
-                "cuda_max_allocated_mib": cuda,
+                "cuda_max_allocated_mib": _cuda_peak(results, rule, job),
             }
         )
     return rows

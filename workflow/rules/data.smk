@@ -23,6 +23,8 @@ else:
             params:
                 out=parent,
                 spec=pipeline.data_spec_args(SYNTHETIC),
+            benchmark:
+                f"{RESULTS}/benchmarks/prepare_synthetic/data.tsv"
             log:
                 f"{RESULTS}/logs/prepare_synthetic.log",
             conda:
