@@ -55,12 +55,14 @@ def _cpu_signature() -> str:
 
 
 def extension_name() -> str:
-    """The build's name: a digest of the source, flags, CPU and torch (its version and
-    where it is installed: two environments would otherwise rebuild it in turn)."""
+    """The build's name: a digest of the source and where it lies, flags, CPU and torch
+    (its version and where it is installed). Two environments, or two checkouts sharing
+    one, would otherwise rebuild it in turn: torch's builder rewrites ``build.ninja`` with
+    the sources' paths, and ninja then compiles everything again (about a minute)."""
     digest = hashlib.sha256()
     torch_build = f"{torch.__version__} {Path(torch.__file__).parent}"
     sources = [source.read_text() for source in SOURCES]
-    for part in (*sources, " ".join(FLAGS), _cpu_signature(), torch_build):
+    for part in (*sources, str(CSRC), " ".join(FLAGS), _cpu_signature(), torch_build):
         digest.update(part.encode())
     return f"repq_cpu_{digest.hexdigest()[:16]}"
 
