@@ -110,19 +110,20 @@ def test_deferred_tracking_is_delivered_by_the_tables_job(workdir):
     assert "repq tracking-sync" not in _plan(workdir, "tracking={delivery: live}")
 
 
+PAPER_JOBS = {
+    "check_data": 6,
+    "tracking_init": 1,
+    "train": 4 * 10 + 2 * 7,  # 4 classifiers x 10 stages, ECBSR at x2 and x4 x 7
+    "evaluate": 6,
+    "export": 6,
+    "tables": 1,
+    "all": 1,
+}
+
+
 def test_dry_run_of_the_paper_plans_every_job(workdir):
     result = snakemake(workdir, "-n", "--cores", "2", "--configfile", "config/paper.yaml")
-    counts = job_counts(result.stdout)
-    # ECBSR at x2 and x4
-    assert counts == {
-        "check_data": 6,
-        "tracking_init": 1,
-        "train": 4 * 10 + 2 * 7,
-        "evaluate": 6,
-        "export": 6,
-        "tables": 1,
-        "all": 1,
-    }
+    assert job_counts(result.stdout) == PAPER_JOBS
     assert "torchrun --standalone --nproc_per_node=8 -m repq train" in _shell_of(workdir)
 
 
@@ -132,16 +133,7 @@ REHEARSAL_SLICE = ["--config", "only=[repvgg_a0,ecbsr_x2]"]
 
 def test_the_rehearsal_plans_every_job_of_the_paper_and_writes_its_data_first(workdir):
     counts = job_counts(snakemake(workdir, "-n", "--cores", "2", *REHEARSAL).stdout)
-    assert counts == {  # the paper's jobs (test_dry_run_of_the_paper_plans_every_job)
-        "prepare_synthetic": 1,
-        "check_data": 6,
-        "tracking_init": 1,
-        "train": 4 * 10 + 2 * 7,
-        "evaluate": 6,
-        "export": 6,
-        "tables": 1,
-        "all": 1,
-    }
+    assert counts == {"prepare_synthetic": 1, **PAPER_JOBS}
 
 
 def test_the_rehearsal_slice_runs_every_job_at_full_size(workdir):
