@@ -98,7 +98,7 @@ bench-gpu: $(STAMP)
 
 # The whole GPU path in one prepared script (benchmarks/gpu_check.py: the CUDA tests, the
 # GPU benchmark, a two-GPU NCCL step, the rehearsal's slice on CUDA at the recipes' batch
-# sizes; about 8 minutes on one GPU),
+# sizes; each step under a time limit in the script; not yet run on a GPU),
 # one summary in results/gpu-check/summary.json. Without CUDA it stops in one line.
 gpu-check: $(STAMP)
 	@$(BIN)/python benchmarks/gpu_check.py

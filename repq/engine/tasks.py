@@ -143,6 +143,8 @@ class ClassificationTask(Task):
         )
 
     def _keep_eval_items(self, folder) -> None:
+        if "eval_items" not in self.limits:  # the whole split: nothing to copy
+            return
         from repq.data.classification import keep_samples
 
         keep_samples(folder, self._eval_indices(len(folder)))
